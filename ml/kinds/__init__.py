@@ -1,0 +1,1 @@
+"""One module per job kind; each registers itself with :func:`ml.registry.register_kind`."""

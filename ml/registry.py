@@ -1,0 +1,94 @@
+"""The registry of job kinds: one module in `ml/kinds/` per kind, registered by name.
+
+Routes, tasks and loaders ask the registry what a kind is, accepts and serves; nothing else
+branches on a kind's name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ml.reporting import Reporter, RunOutcome
+from ml.spec import JobSpec
+
+
+class UnknownKind(LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown kind {name!r}; known kinds: {', '.join(known)}")
+        self.name = name
+        self.known = known
+
+
+class RunFn(Protocol):
+    def __call__(self, spec: Any, reporter: Reporter) -> RunOutcome: ...
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registered job kind.
+
+    `spec` is the pydantic model of the whole job spec (with `kind: Literal[name]`); `run` is
+    called in the worker's child process and may import TensorFlow there, never at module level.
+    """
+
+    name: str
+    spec: type[JobSpec]
+    run: RunFn
+    summary: str
+    category: str  # "simulation" | "model"
+    serves: frozenset[str] = field(default_factory=frozenset)
+    pictures: frozenset[str] = field(default_factory=frozenset)
+
+
+_KINDS: dict[str, Kind] = {}
+_discovered = False
+
+
+def register_kind(
+    *,
+    name: str,
+    spec: type[JobSpec],
+    summary: str,
+    category: str,
+    serves: frozenset[str] = frozenset(),
+    pictures: frozenset[str] = frozenset(),
+) -> Callable[[RunFn], RunFn]:
+    """Decorate a kind's `run` function to register the kind under `name`."""
+
+    def decorate(run: RunFn) -> RunFn:
+        if name in _KINDS and _KINDS[name].run is not run:
+            raise ValueError(f"kind {name!r} is registered twice")
+        _KINDS[name] = Kind(name, spec, run, summary, category, serves, pictures)
+        return run
+
+    return decorate
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    import ml.kinds
+
+    for module in pkgutil.iter_modules(ml.kinds.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"ml.kinds.{module.name}")
+    _discovered = True
+
+
+def list_kinds() -> list[str]:
+    _discover()
+    return sorted(_KINDS)
+
+
+def get_kind(name: str) -> Kind:
+    """The kind registered as `name`; raises :class:`UnknownKind` naming the known ones."""
+    _discover()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise UnknownKind(name, sorted(_KINDS)) from None

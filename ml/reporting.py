@@ -1,0 +1,60 @@
+"""What a running kind may tell the outside world, and how it stops early.
+
+A kind receives a :class:`Reporter`; the worker implements it against the database. Every
+report may raise :class:`JobCancelled` (the user asked) or :class:`JobFailed` (for example
+the time limit), so a kind needs no cancellation logic of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class JobCancelled(Exception):
+    """Raised from a report when the job's cancellation was requested."""
+
+
+class JobFailed(Exception):
+    """A failure with a job error code (`invalid_data`, `diverged`, `time_limit`, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Reporter(Protocol):
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        """Record one point per name at `step` (idempotent on job, name, step)."""
+
+    def progress(self, fraction: float, **info: Any) -> None:
+        """Record progress in [0, 1] plus free-form details (epoch, step, ...)."""
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run hands back to the worker."""
+
+    result: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+@dataclass
+class MemoryReporter:
+    """A reporter that keeps everything in memory: for tests and in-process use."""
+
+    points: dict[str, dict[int, float]] = field(default_factory=dict)
+    fractions: list[float] = field(default_factory=list)
+
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        for name, value in values.items():
+            self.points.setdefault(name, {})[step] = float(value)
+
+    def progress(self, fraction: float, **info: Any) -> None:
+        self.fractions.append(fraction)
+
+    def series(self, name: str) -> tuple[list[int], list[float]]:
+        steps = sorted(self.points[name])
+        return steps, [self.points[name][s] for s in steps]

@@ -1,0 +1,1 @@
+"""The HTTP side of thermoml and the infrastructure it shares with the workers."""

@@ -1,0 +1,75 @@
+"""Settings, read from the environment with the prefix ``THERMOML_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="THERMOML_", extra="ignore")
+
+    data_dir: Path = Field(Path(".thermoml"), description="State of the embedded mode.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file under the data directory."
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; default: a file-system broker under the data dir."
+    )
+    artifact_uri: str | None = Field(
+        None, description="fsspec URL of the artifact store; default: file:// under the data dir."
+    )
+    auth: Literal["disabled", "required"] = "disabled"
+    metrics_auth: Literal["disabled", "required"] = "disabled"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    job_time_limit: float = Field(3600.0, gt=0, description="Seconds a job may run.")
+    job_lease: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this may be taken over.",
+    )
+    max_attempts: int = Field(3, ge=1, description="Claims of one job before it fails.")
+    broker_poll_interval: float = Field(
+        0.05, gt=0, description="Seconds between polls of the embedded file-system broker."
+    )
+    publish_timeout: float = Field(
+        2.0, gt=0, description="Seconds the API waits for the broker before leaving a job queued."
+    )
+    republish_interval: float = Field(
+        5.0, gt=0, description="Seconds between passes of the reconciler over unpublished jobs."
+    )
+    idempotency_ttl: float = Field(86400.0, gt=0, description="Seconds an Idempotency-Key holds.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'thermoml.db').resolve()}"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url or self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_artifact_uri(self) -> str:
+        if self.artifact_uri:
+            return self.artifact_uri
+        return (self.data_dir / "artifacts").resolve().as_uri()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Database: tables, engine and session, and repositories (one module per resource)."""

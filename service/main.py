@@ -1,0 +1,56 @@
+"""The FastAPI application: routers, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import handlers
+from service.api.routes import health, jobs, metrics
+from service.config import Settings, get_settings
+from service.db.session import make_engine, make_sessionmaker
+from service.queue import Publisher
+from service.reconciler import Reconciler
+
+DESCRIPTION = """
+thermoml trains and serves deep unsupervised models, and runs thermodynamic simulations, as jobs.
+Every job records a thermodynamic metric history (energy, temperature, entropy, free energy, heat,
+entropy production). Submit with `POST /v1/jobs` ("Try it out" has a runnable example per kind),
+then watch `GET /v1/jobs/{id}` and `GET /v1/jobs/{id}/metrics`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reconciler = Reconciler(app.state.sessions, app.state.publisher, settings)
+        if reconcile:
+            reconciler.start()
+        try:
+            yield
+        finally:
+            if reconcile:
+                reconciler.stop()
+            app.state.publisher.close()
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="thermoml",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.resolved_database_url)
+    app.state.sessions = make_sessionmaker(app.state.engine)
+    app.state.publisher = Publisher(settings)
+    handlers.install(app)
+    for module in (health, jobs, metrics):
+        app.include_router(module.router)
+    logging.getLogger("thermoml").setLevel(logging.INFO)
+    return app
