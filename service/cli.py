@@ -57,30 +57,33 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.app import app
-
+    """Become `celery -A workers.app worker` (so the service never imports `workers`)."""
     queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
     unknown = set(queues.split(",")) - {"cpu", "gpu"}
     if unknown:
         print(f"unknown queue(s) {', '.join(sorted(unknown))}; use cpu, gpu", file=sys.stderr)
         return 2
-    app.worker_main(
-        [
-            "worker",
-            "--queues",
-            queues,
-            "--concurrency",
-            str(args.concurrency),
-            "--hostname",
-            f"thermoml-{queues.replace(',', '-')}-{os.getpid()}@%h",
-            "--loglevel",
-            args.loglevel,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-    )
-    return 0
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "workers.app",
+        "worker",
+        "--queues",
+        queues,
+        "--concurrency",
+        str(args.concurrency),
+        "--hostname",
+        f"thermoml-{queues.replace(',', '-')}-{os.getpid()}@%h",
+        "--loglevel",
+        args.loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

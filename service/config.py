@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Claims of one job before it fails.")
     broker_poll_interval: float = Field(
-        0.05, gt=0, description="Seconds between polls of the embedded file-system broker."
+        0.02, gt=0, description="Seconds between polls of the embedded file-system broker."
     )
     publish_timeout: float = Field(
         2.0, gt=0, description="Seconds the API waits for the broker before leaving a job queued."

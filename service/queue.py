@@ -54,8 +54,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
-        # A fresh child process per job: TensorFlow and GPU memory die with the job.
-        "worker_max_tasks_per_child": 1,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "task_send_sent_event": False,
@@ -83,6 +81,8 @@ class Publisher:
         return self._app
 
     def publish(self, job_id: str, *, queue: str, priority: int = 5) -> bool:
+        if self.settings.resolved_broker_url.startswith(("redis", "rediss")):
+            priority = 9 - priority  # kombu's Redis transport serves 0 first; ours: 9 first
         try:
             self.app.send_task(
                 RUN_JOB_TASK,

@@ -38,9 +38,8 @@ def reconcile_once(
                 (Job.published_at.is_(None)) | (Job.published_at < now - lease),
             )
         ).all()
-        queues = dict(
-            session.execute(select(Job.id, Job.queue).where(Job.id.in_(waiting))).tuples().all()
-        )
+        rows = session.execute(select(Job.id, Job.queue).where(Job.id.in_(waiting))).all()
+        queues = {job_id: queue for job_id, queue in rows}
     published = 0
     for job_id in waiting:
         if publisher.publish(job_id, queue=queues.get(job_id, "cpu")):

@@ -10,7 +10,6 @@ import math
 import time
 from typing import Any
 
-from billiard.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 
 from ml.registry import UnknownKind, get_kind
@@ -85,9 +84,6 @@ def execute(job_id: str, *, worker: str) -> str | None:
             return finish("cancelled", progress=reporter.last_progress)
         except JobFailed as exc:
             return finish("failed", error_code=exc.code, error_message=exc.message)
-        except SoftTimeLimitExceeded:
-            message = f"the job ran past its time limit of {settings.job_time_limit:g} s"
-            return finish("failed", error_code="time_limit", error_message=message)
         except (UnknownKind, ValidationError) as exc:
             return finish("failed", error_code="invalid_data", error_message=str(exc))
         except Exception as exc:

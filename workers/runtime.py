@@ -1,11 +1,16 @@
-"""Per-process database handles for the worker children (created after the fork)."""
+"""Per-process database handles for the worker's processes.
+
+The engine is made and warmed (dialect initialised, hot statements compiled) in the pool
+process; each job process keeps that engine but opens its own connections after the fork.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import get_settings
+from service.db import jobs as job_repo
 from service.db.session import make_engine, make_sessionmaker
 
 _engine: Engine | None = None
@@ -20,9 +25,21 @@ def sessions() -> sessionmaker[Session]:
     return _sessions
 
 
-def reset() -> None:
-    """Forget connections inherited from the parent; the child opens its own."""
-    global _engine, _sessions
+def after_fork() -> None:
+    """Drop connections inherited over a fork (they belong to the parent); keep the engine."""
     if _engine is not None:
         _engine.dispose(close=False)
+
+
+def reset() -> None:
+    """Forget the engine entirely (tests, or a change of settings)."""
+    global _engine, _sessions
+    after_fork()
     _engine, _sessions = None, None
+
+
+def warm() -> None:
+    """Connect and compile the claim statements once, so forked job processes start hot."""
+    with sessions().begin() as session:
+        session.execute(text("SELECT 1"))
+        job_repo.claim(session, job_id="warm-up", worker="", lease_s=1.0, max_attempts=1)
