@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ml.reporting import Reporter, RunOutcome
+from ml.reporting import Reporter, RunContext, RunOutcome
 from ml.spec import JobSpec
 
 
@@ -24,7 +24,7 @@ class UnknownKind(LookupError):
 
 
 class RunFn(Protocol):
-    def __call__(self, spec: Any, reporter: Reporter) -> RunOutcome: ...
+    def __call__(self, spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome: ...
 
 
 @dataclass(frozen=True)

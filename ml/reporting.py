@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ml.datasets import Dataset
 
 
 class JobCancelled(Exception):
@@ -32,6 +36,35 @@ class Reporter(Protocol):
     def progress(self, fraction: float, **info: Any) -> None:
         """Record progress in [0, 1] plus free-form details (epoch, step, ...)."""
 
+    def checkpoint(self) -> None:
+        """Persist the files in the run's `checkpoint_dir` (a later attempt resumes from them)."""
+
+
+@dataclass
+class RunContext:
+    """What a run gets besides its spec: its data and its local folders.
+
+    `checkpoint_dir` holds what the previous attempt saved with `reporter.checkpoint()` (empty
+    on a first attempt); `workdir` is scratch space for this attempt (artifacts go there).
+    """
+
+    workdir: Path
+    checkpoint_dir: Path
+    dataset: Dataset | None = None
+
+
+@dataclass
+class ModelOutcome:
+    """A trained model: files under the run's `workdir` that the worker stores and registers."""
+
+    files: dict[str, Path]  # logical name ("model", "preprocessing", ...) -> local file
+    input_shape: list[int]
+    capabilities: list[str]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    pictures: list[str] = field(default_factory=list)
+
 
 @dataclass
 class RunOutcome:
@@ -39,6 +72,7 @@ class RunOutcome:
 
     result: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    model: ModelOutcome | None = None
 
 
 @dataclass
@@ -52,8 +86,13 @@ class MemoryReporter:
         for name, value in values.items():
             self.points.setdefault(name, {})[step] = float(value)
 
+    checkpoints: int = 0
+
     def progress(self, fraction: float, **info: Any) -> None:
         self.fractions.append(fraction)
+
+    def checkpoint(self) -> None:
+        self.checkpoints += 1
 
     def series(self, name: str) -> tuple[list[int], list[float]]:
         steps = sorted(self.points[name])

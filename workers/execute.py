@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from ml.registry import UnknownKind, get_kind
-from ml.reporting import JobCancelled, JobFailed
+from ml.reporting import JobCancelled, JobFailed, RunContext
 from service.config import get_settings
 from service.db import jobs as job_repo
 from service.db.tables import Job
@@ -32,6 +37,14 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_json(v) for v in value]
     return value
+
+
+@contextmanager
+def _removed_afterwards(path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def execute(job_id: str, *, worker: str) -> str | None:
@@ -72,11 +85,18 @@ def execute(job_id: str, *, worker: str) -> str | None:
         log.info("job %s ended %s", job_id, status)
         return status
 
-    with Heartbeat(sessions, job_id=job_id, attempt=attempt, every=settings.job_lease / 4):
+    workdir = Path(tempfile.mkdtemp(prefix=f"thermoml-{job_id[:8]}-"))
+    context = RunContext(workdir=workdir / "work", checkpoint_dir=workdir / "checkpoints")
+    context.workdir.mkdir()
+    context.checkpoint_dir.mkdir()
+    with (
+        Heartbeat(sessions, job_id=job_id, attempt=attempt, every=settings.job_lease / 4),
+        _removed_afterwards(workdir),
+    ):
         try:
             kind = get_kind(kind_name)
             spec = kind.spec.model_validate(spec_data)
-            outcome = kind.run(spec, reporter)
+            outcome = kind.run(spec, reporter, context)
         except JobLost:
             log.warning("job %s: another worker took it over; stopping", job_id)
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,6 +45,7 @@ class DbReporter:
         self._points: list[Point] = []
         self._progress: dict[str, Any] | None = None
         self._last_flush = 0.0
+        self.on_checkpoint: Callable[[], None] | None = None
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:
         self._points.extend((name, int(step), float(v)) for name, v in values.items())
@@ -53,6 +54,12 @@ class DbReporter:
     def progress(self, fraction: float, **info: Any) -> None:
         self._progress = {"fraction": max(0.0, min(1.0, float(fraction))), **info}
         self._maybe_flush()
+
+    def checkpoint(self) -> None:
+        """Hand the checkpoint folder to `on_checkpoint` (set by the worker when it can store)."""
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
+        self.flush()
 
     @property
     def last_progress(self) -> dict[str, Any] | None:

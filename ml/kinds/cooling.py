@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ml.registry import register_kind
-from ml.reporting import Reporter, RunOutcome
+from ml.reporting import Reporter, RunContext, RunOutcome
 from ml.spec import JobSpec, StrictModel
 
 KELVIN_OFFSET = 273.15
@@ -127,7 +127,7 @@ def entropy_production_rate(p: CoolingParams, temperature: np.ndarray) -> np.nda
     summary="Newton cooling of a body in a bath, with its entropy production.",
     category="simulation",
 )
-def run(spec: CoolingSpec, reporter: Reporter) -> RunOutcome:
+def run(spec: CoolingSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
     times, temperature = integrate(p)
     entropy = entropy_total(p, temperature)

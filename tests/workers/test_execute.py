@@ -39,7 +39,7 @@ class ProbeSpec(JobSpec):
 started = threading.Event()
 
 
-def run_probe(spec: ProbeSpec, reporter: Reporter) -> RunOutcome:
+def run_probe(spec: ProbeSpec, reporter: Reporter, context: object = None) -> RunOutcome:
     p = spec.params
     for step in range(p.steps):
         started.set()

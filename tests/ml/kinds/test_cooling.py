@@ -19,7 +19,7 @@ SEED = {"initial_temperature": 100, "ambient_temperature": 25, "cooling_constant
 def run(params: dict) -> tuple[MemoryReporter, dict]:
     spec = CoolingSpec.model_validate({"kind": "cooling", "params": params})
     reporter = MemoryReporter()
-    outcome = get_kind("cooling").run(spec, reporter)
+    outcome = get_kind("cooling").run(spec, reporter, None)
     return reporter, outcome.result
 
 
