@@ -10,9 +10,11 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ml.reporting import Reporter, RunContext, RunOutcome
+from ml.serving import Servable
 from ml.spec import JobSpec
 
 
@@ -21,6 +23,10 @@ class UnknownKind(LookupError):
         super().__init__(f"unknown kind {name!r}; known kinds: {', '.join(known)}")
         self.name = name
         self.known = known
+
+
+class LoadFn(Protocol):
+    def __call__(self, files: dict[str, Path], meta: dict[str, Any]) -> Servable: ...
 
 
 class RunFn(Protocol):
@@ -42,6 +48,7 @@ class Kind:
     category: str  # "simulation" | "model"
     serves: frozenset[str] = field(default_factory=frozenset)
     pictures: frozenset[str] = field(default_factory=frozenset)
+    load: LoadFn | None = None
 
 
 _KINDS: dict[str, Kind] = {}
@@ -56,13 +63,18 @@ def register_kind(
     category: str,
     serves: frozenset[str] = frozenset(),
     pictures: frozenset[str] = frozenset(),
+    load: LoadFn | None = None,
 ) -> Callable[[RunFn], RunFn]:
-    """Decorate a kind's `run` function to register the kind under `name`."""
+    """Decorate a kind's `run` function to register the kind under `name`.
+
+    Kinds that train a model pass `serves` (operation names) and `load` (files and the models
+    row's metadata -> a :class:`ml.serving.Servable`).
+    """
 
     def decorate(run: RunFn) -> RunFn:
         if name in _KINDS and _KINDS[name].run is not run:
             raise ValueError(f"kind {name!r} is registered twice")
-        _KINDS[name] = Kind(name, spec, run, summary, category, serves, pictures)
+        _KINDS[name] = Kind(name, spec, run, summary, category, serves, pictures, load)
         return run
 
     return decorate

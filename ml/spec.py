@@ -6,7 +6,7 @@ model; the service builds the discriminated union from the registry.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,34 @@ class StrictModel(BaseModel):
 
 class Resources(StrictModel):
     gpu: bool = Field(False, description="Run on the `gpu` queue (any device in embedded mode).")
+
+
+ScaleName = Literal["minmax", "standard", "none"]
+
+
+class Preprocessing(StrictModel):
+    """How inputs are scaled: fitted on the training split, stored with the model, and applied
+    again at inference so that clients send raw rows. Trained kinds' specs include it."""
+
+    scale: ScaleName = Field(
+        "standard",
+        description="`minmax`: each feature to [0, 1]; `standard`: zero mean, unit variance; "
+        "`none`: as given.",
+    )
+    per_feature: bool | None = Field(
+        None,
+        description="One scale per feature, or one for all values; default: per feature for "
+        "tables, one for all pixels of images (rank-3 rows and up).",
+    )
+
+
+def preprocessing_field(scale: ScaleName = "standard") -> Any:
+    """A `preprocessing` field whose default scale suits the kind, e.g. `minmax` for a
+    Bernoulli VAE: ``preprocessing: Preprocessing = preprocessing_field("minmax")``."""
+    return Field(
+        default_factory=lambda: Preprocessing(scale=scale),
+        description=f"Input scaling, fitted on the training split (default scale: {scale}).",
+    )
 
 
 class JobSpec(StrictModel):

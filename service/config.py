@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds between passes of the reconciler over unpublished jobs."
     )
     idempotency_ttl: float = Field(86400.0, gt=0, description="Seconds an Idempotency-Key holds.")
+    model_cache_models: int = Field(16, ge=1, description="Loaded models kept by the API, at most.")
+    model_cache_bytes: int = Field(
+        2 << 30, ge=1 << 20, description="Estimated memory of loaded models kept, at most (bytes)."
+    )
+    max_inference_rows: int = Field(100_000, ge=1, description="Rows per inference request.")
+    max_generate: int = Field(10_000, ge=1, description="Samples per generate request.")
+    max_upload_bytes: int = Field(
+        1 << 30, gt=0, description="Largest data set file accepted by POST /v1/datasets (bytes)."
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -68,6 +77,17 @@ class Settings(BaseSettings):
         if self.artifact_uri:
             return self.artifact_uri
         return (self.data_dir / "artifacts").resolve().as_uri()
+
+    # monitoring
+    events_poll_interval: float = Field(
+        0.25,
+        gt=0,
+        le=60,
+        description="Seconds between reads of a watched job by its shared live-events poller.",
+    )
+    events_keepalive: float = Field(
+        15.0, gt=0, description="Seconds of silence after which an event stream sends a comment."
+    )
 
 
 @lru_cache

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import handlers
-from service.api.routes import health, jobs, metrics
+from service.api.routes import datasets, health, inference, jobs, metrics, models
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_sessionmaker
 from service.queue import Publisher
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.publisher = Publisher(settings)
     handlers.install(app)
-    for module in (health, jobs, metrics):
+    for module in (health, jobs, metrics, datasets, models, inference):
         app.include_router(module.router)
     logging.getLogger("thermoml").setLevel(logging.INFO)
     return app

@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 
 from ml.registry import UnknownKind, get_kind
 from ml.reporting import JobCancelled, JobFailed, RunContext
 from service.config import get_settings
 from service.db import jobs as job_repo
 from service.db.tables import Job
-from workers import runtime
+from service.storage import ArtifactStore, model_prefix
+from workers import artifacts, runtime
 from workers.reporter import DbReporter, Heartbeat, JobLost
 
 log = logging.getLogger("thermoml.worker")
@@ -37,6 +39,13 @@ def finite_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite_json(v) for v in value]
     return value
+
+
+class _NotOwned(Exception):
+    """The job's row belongs to another attempt now."""
+
+
+REGISTER_TRIES = 3  # concurrent jobs of one name may race for the next model version
 
 
 @contextmanager
@@ -65,7 +74,7 @@ def execute(job_id: str, *, worker: str) -> str | None:
     with sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        kind_name, spec_data = job.kind, job.spec
+        kind_name, spec_data, job_name = job.kind, job.spec, job.name
     log.info("job %s (%s) attempt %d started on %s", job_id, kind_name, attempt, worker)
     reporter = DbReporter(
         sessions,
@@ -75,13 +84,41 @@ def execute(job_id: str, *, worker: str) -> str | None:
         time_limit=settings.job_time_limit,
     )
 
-    def finish(status: str, **fields: Any) -> str:
+    store = ArtifactStore.from_settings(settings)
+
+    def commit_end(status: str, model: artifacts.StoredModel | None, fields: Any) -> bool:
+        """Register the model (if any) and end the job in one transaction; False if not ours."""
+        for attempt_no in range(REGISTER_TRIES):
+            try:
+                with sessions.begin() as session:
+                    if model is not None:
+                        artifacts.register_model(
+                            session, model, job_id=job_id, name=job_name, kind=kind_name
+                        )
+                        fields["model_id"] = model.id
+                    job_repo.save_checkpoint(session, job_id=job_id, attempt=attempt, manifest=None)
+                    if not job_repo.finish(
+                        session, job_id=job_id, attempt=attempt, status=status, **fields
+                    ):
+                        raise _NotOwned(job_id)
+                return True
+            except _NotOwned:
+                return False
+            except IntegrityError:
+                if model is None or attempt_no == REGISTER_TRIES - 1:
+                    raise
+        return False
+
+    def finish(status: str, *, model: artifacts.StoredModel | None = None, **fields: Any) -> str:
         try:
             reporter.flush(check=False)
         except Exception:
             log.exception("job %s: could not write its last metric points", job_id)
-        with sessions.begin() as session:
-            job_repo.finish(session, job_id=job_id, attempt=attempt, status=status, **fields)
+        if commit_end(status, model, fields):
+            try:
+                checkpoints.discard()
+            except Exception:
+                log.exception("job %s: could not delete its checkpoints", job_id)
         log.info("job %s ended %s", job_id, status)
         return status
 
@@ -89,6 +126,9 @@ def execute(job_id: str, *, worker: str) -> str | None:
     context = RunContext(workdir=workdir / "work", checkpoint_dir=workdir / "checkpoints")
     context.workdir.mkdir()
     context.checkpoint_dir.mkdir()
+    checkpoints = artifacts.Checkpoints(
+        sessions, store, job_id=job_id, attempt=attempt, folder=context.checkpoint_dir
+    )
     with (
         Heartbeat(sessions, job_id=job_id, attempt=attempt, every=settings.job_lease / 4),
         _removed_afterwards(workdir),
@@ -96,6 +136,12 @@ def execute(job_id: str, *, worker: str) -> str | None:
         try:
             kind = get_kind(kind_name)
             spec = kind.spec.model_validate(spec_data)
+            if spec.dataset:
+                context.dataset = artifacts.load_dataset(
+                    sessions, store, spec.dataset, workdir / "data"
+                )
+            checkpoints.restore()
+            reporter.on_checkpoint = checkpoints.save
             outcome = kind.run(spec, reporter, context)
         except JobLost:
             log.warning("job %s: another worker took it over; stopping", job_id)
@@ -112,9 +158,33 @@ def execute(job_id: str, *, worker: str) -> str | None:
                 "failed", error_code="internal", error_message=f"{type(exc).__name__}: {exc}"
             )
         progress = {**(reporter.last_progress or {}), "fraction": 1.0}
-        return finish(
-            "succeeded",
-            result=finite_json(outcome.result),
-            device=outcome.device,
-            progress=progress,
-        )
+        stored = None
+        if outcome.model is not None:
+            try:
+                model_id = artifacts.model_id_for(job_id)
+                stored = artifacts.store_model(store, outcome.model, model_id=model_id)
+            except Exception as exc:
+                log.exception("job %s: could not store its model", job_id)
+                return finish(
+                    "failed",
+                    error_code="internal",
+                    error_message=f"could not store the model: {exc}",
+                )
+        try:
+            return finish(
+                "succeeded",
+                model=stored,
+                result=finite_json(outcome.result),
+                device=outcome.device,
+                progress=progress,
+            )
+        except Exception as exc:
+            if stored is None:
+                raise
+            log.exception("job %s: could not register its model", job_id)
+            store.delete_prefix(model_prefix(stored.id))
+            return finish(
+                "failed",
+                error_code="internal",
+                error_message=f"could not register the model: {exc}",
+            )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.queue import Publisher
+from service.storage import ArtifactStore
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -25,6 +26,16 @@ def get_publisher(request: Request) -> Publisher:
     return request.app.state.publisher  # type: ignore[no-any-return]
 
 
+def get_store(request: Request) -> ArtifactStore:
+    """The app's artifact store, made on first use from its settings."""
+    store = getattr(request.app.state, "store", None)
+    if store is None:
+        store = ArtifactStore.from_settings(request.app.state.settings)
+        request.app.state.store = store
+    return store  # type: ignore[no-any-return]
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]

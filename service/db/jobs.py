@@ -226,6 +226,14 @@ def heartbeat(
     return result.rowcount == 1, bool(cancel)  # type: ignore[attr-defined]
 
 
+def save_checkpoint(
+    session: Session, *, job_id: str, attempt: int, manifest: dict[str, Any] | None
+) -> bool:
+    """Record the manifest of the job's last stored checkpoint if this attempt still owns it."""
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(checkpoint=manifest))
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def finish(
     session: Session,
     *,

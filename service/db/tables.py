@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -44,6 +45,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     device: Mapped[str | None] = mapped_column(String(100), nullable=True)
     model_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    # The last checkpoint's files in the artifact store: {"generation", "files": {path: entry}}.
+    checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_scope: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -97,11 +100,14 @@ class Model(Base):
     pictures: Mapped[list[str]] = mapped_column(JSON, default=list)
     calibration: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {logical name: {"key", "sha256", "size"}}; `sha256` above is the hash of this manifest.
+    files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_models_name_version"),
         Index("ix_models_kind_created_at", "kind", "created_at"),
+        Index("ix_models_created_at_id", "created_at", "id"),
     )
 
 
@@ -118,4 +124,14 @@ class Dataset(Base):
     has_labels: Mapped[bool] = mapped_column(Boolean, default=False)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     uri: Mapped[str] = mapped_column(Text)
+    # "" when the data set has no label column (so that the dedupe constraint sees it).
+    label_column: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # Per-feature statistics and a preview, computed once at upload.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        # Identical content with the same label column is stored once.
+        UniqueConstraint("sha256", "label_column", name="uq_datasets_sha256_label_column"),
+        Index("ix_datasets_created_at_id", "created_at", "id"),
+    )

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 
 from ml.spec import JobSpec
+from service import datasets
 from service.api.deps import PublisherDep, SessionDep, SettingsDep
 from service.db import jobs as job_repo
 from service.db.base import new_id, utcnow
@@ -58,6 +59,9 @@ def submit_job(
         if replay is not None:
             response.headers["Idempotent-Replayed"] = "true"
             return replay
+    if spec.dataset is not None:
+        with session.begin():
+            datasets.check_ref(session, spec.dataset)
     job_id = new_id()
     try:
         with session.begin():

@@ -1,0 +1,126 @@
+"""Data sets: the built-ins, uploads (CSV, NPY, NPZ, Parquet), their statistics, deletion."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from ml.datasets import BUILTIN_PREFIX
+from service import datasets
+from service.api import uploads
+from service.api.deps import SessionDep, SettingsDep, StoreDep
+from service.db import datasets as repo
+from service.errors import ServiceError
+from service.schemas.common import ERROR_RESPONSES, ErrorBody
+from service.schemas.datasets import (
+    DatasetDetail,
+    DatasetOut,
+    DatasetPage,
+    builtin_out,
+    detail_out,
+    item_out,
+    upload_out,
+)
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
+
+MAX_NAME = 200
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "CSV with a header row, .npy, .npz (arrays x and "
+                            "optional y) or .parquet; numeric and finite.",
+                        },
+                        "name": {"type": "string", "description": "A label; default: file name."},
+                        "label_column": {
+                            "type": "string",
+                            "description": "CSV/Parquet: the column holding labels.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DatasetOut,
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        200: {"model": DatasetOut, "description": "The same content was already uploaded"},
+        413: {"model": ErrorBody, "description": "Larger than THERMOML_MAX_UPLOAD_BYTES"},
+    },
+)
+async def upload_dataset(
+    request: Request, settings: SettingsDep, store: StoreDep, response: Response
+) -> DatasetOut:
+    """Upload a data set as multipart fields `file`, `name`, `label_column`.
+
+    The file is checked (numeric, finite, rectangular) before it is stored; uploading the same
+    content again answers 200 with the data set already stored.
+    """
+    upload = await uploads.receive(
+        request, limit=settings.max_upload_bytes, folder=settings.data_dir.resolve() / "tmp"
+    )
+    try:
+        name = upload.fields.get("name")
+        if name is not None and len(name) > MAX_NAME:
+            raise ServiceError("validation_error", f"name is longer than {MAX_NAME} characters")
+        assert upload.file is not None
+        row, created = await run_in_threadpool(
+            datasets.ingest,
+            request.app.state.sessions,
+            store,
+            upload.file,
+            name=name,
+            label_column=upload.fields.get("label_column"),
+        )
+    finally:
+        upload.discard()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return upload_out(row)
+
+
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> DatasetPage:
+    """The built-ins (`builtin:<name>`) first, then uploads, newest first."""
+    items, next_cursor = datasets.list_page(session, limit=limit, cursor=cursor)
+    return DatasetPage(items=[item_out(i) for i in items], next_cursor=next_cursor)
+
+
+@router.get("/{dataset_id}", response_model=DatasetDetail)
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetDetail:
+    """Shape and labels, per-feature mean/std/min/max (first 64 features) and the first rows."""
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        info = datasets.builtin(dataset_id)
+        return detail_out(builtin_out(info), datasets.builtin_summary(info.name))
+    row = repo.get(session, dataset_id=dataset_id)
+    return detail_out(upload_out(row), row.summary or {})
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> Response:
+    """Remove the data set and its stored file; 409 while a queued or running job uses it."""
+    with session.begin():
+        datasets.delete(session, store, dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

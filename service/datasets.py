@@ -1,0 +1,223 @@
+"""Data sets on the service's side: references, uploads into the store, loading for jobs.
+
+A reference is `builtin:<name>` or an uploaded data set's id. Uploads are checked completely
+(format, numbers, shape) before anything is stored, and a failure leaves neither a row nor an
+object behind. Object keys are `datasets/<id>/data.<format>`: ids, never user-chosen names.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ml import datasets as ml_datasets
+from ml.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
+from service.db import datasets as repo
+from service.db.base import new_id, utcnow
+from service.db.tables import Dataset as DatasetRow
+from service.errors import ServiceError
+from service.storage import ArtifactStore, dataset_key, dataset_prefix
+
+log = logging.getLogger("thermoml.datasets")
+
+MAX_SUMMARY_FEATURES = 64
+PREVIEW_ROWS = 5
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """An upload spooled to a local file, hashed while it streamed in."""
+
+    path: Path
+    filename: str | None
+    sha256: str
+    size: int
+    head: bytes
+
+
+def _unknown(ref: str) -> str:
+    builtins = ", ".join(f"{BUILTIN_PREFIX}{n}" for n in ml_datasets.builtin_names())
+    return (
+        f"unknown data set {ref!r}; use a built-in ({builtins}) or the id of an uploaded data "
+        "set (GET /v1/datasets lists them)"
+    )
+
+
+def check_ref(session: Session, ref: str) -> None:
+    """Refuse (422) a reference that names no data set, at submit time."""
+    if ref.startswith(BUILTIN_PREFIX):
+        if ref.removeprefix(BUILTIN_PREFIX) in ml_datasets.builtin_names():
+            return
+    elif repo.find(session, dataset_id=ref) is not None:
+        return
+    raise ServiceError(
+        "validation_error",
+        f"body.dataset: {_unknown(ref)}",
+        [{"field": "body.dataset", "message": _unknown(ref), "type": "unknown_dataset"}],
+    )
+
+
+def load(
+    sessions: sessionmaker[Session], store: ArtifactStore, ref: str, folder: Path
+) -> ml_datasets.Dataset:
+    """The data set `ref` as arrays, its stored file checked against its sha256.
+
+    Raises LookupError (no such data set), DataError, or a storage error.
+    """
+    if ref.startswith(BUILTIN_PREFIX):
+        return ml_datasets.load_builtin(ref)
+    with sessions() as session:
+        row = repo.find(session, dataset_id=ref)
+    if row is None:
+        raise LookupError(f"{_unknown(ref)} (was it deleted?)")
+    local = store.download(
+        dataset_key(row.id, row.format), folder / f"data.{row.format}", sha256=row.sha256
+    )
+    data = ml_datasets.load_file(
+        local, row.format, label_column=row.label_column or None, name=row.name
+    )
+    local.unlink(missing_ok=True)
+    return data
+
+
+def ingest(
+    sessions: sessionmaker[Session],
+    store: ArtifactStore,
+    upload: ReceivedFile,
+    *,
+    name: str | None,
+    label_column: str | None,
+) -> tuple[DatasetRow, bool]:
+    """Check, store and describe an upload; (row, created). The same content with the same
+    label column returns the data set already stored."""
+    label = (label_column or "").strip()
+    try:
+        fmt = ml_datasets.detect_format(upload.filename, upload.head)
+    except DataError as exc:
+        raise ServiceError("validation_error", str(exc)) from exc
+    with sessions() as session:
+        existing = repo.find_same_content(session, sha256=upload.sha256, label_column=label)
+    if existing is not None:
+        return existing, False
+    label_name = Path(upload.filename or "").stem
+    label_name = (name or "").strip() or label_name or f"upload-{upload.sha256[:8]}"
+    try:
+        data = ml_datasets.load_file(upload.path, fmt, label_column=label or None, name=label_name)
+    except DataError as exc:
+        raise ServiceError("validation_error", str(exc)) from exc
+    summary = ml_datasets.summarize(
+        data, max_features=MAX_SUMMARY_FEATURES, preview_rows=PREVIEW_ROWS
+    )
+    dataset_id = new_id()
+    stored = store.put_file(upload.path, dataset_key(dataset_id, fmt))
+    try:
+        if stored.sha256 != upload.sha256:
+            raise RuntimeError("the upload changed while it was stored")
+        with sessions.begin() as session:
+            row = repo.create(
+                session,
+                id=dataset_id,
+                name=label_name,
+                format=fmt,
+                shape=data.shape,
+                dtype=data.dtype,
+                rows=data.rows,
+                features=data.features,
+                has_labels=data.y is not None,
+                sha256=stored.sha256,
+                uri=stored.uri,
+                label_column=label,
+                summary=summary,
+                created_at=utcnow(),
+            )
+    except IntegrityError:
+        # The same content arrived concurrently and won: answer with its data set.
+        store.delete_prefix(dataset_prefix(dataset_id))
+        with sessions() as session:
+            winner = repo.find_same_content(session, sha256=upload.sha256, label_column=label)
+        if winner is None:
+            raise
+        return winner, False
+    except BaseException:
+        store.delete_prefix(dataset_prefix(dataset_id))
+        raise
+    return row, True
+
+
+def delete(session: Session, store: ArtifactStore, dataset_id: str) -> None:
+    """Remove the row and its stored object; 409 while a queued or running job uses it."""
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        raise ServiceError("unsupported_operation", "built-in data sets cannot be deleted")
+    row = repo.get(session, dataset_id=dataset_id)
+    users = repo.active_jobs_using(session, dataset_id=dataset_id)
+    if users:
+        raise ServiceError(
+            "invalid_state",
+            f"data set {dataset_id} is used by {len(users)} queued or running job(s) "
+            f"({', '.join(users[:5])}); cancel them or let them finish first",
+            {"job_ids": users},
+        )
+    # Objects first: if that fails the row stays, and deleting again finishes the job.
+    store.delete_prefix(dataset_prefix(dataset_id))
+    repo.delete(session, row=row)
+
+
+# --- listing: the built-ins first, then uploads, newest first -----------------------------------
+
+
+def _encode(payload: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[int, tuple[dt.datetime, str] | None]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if payload[0] == "builtin":
+            return int(payload[1]), None
+        if payload[0] == "upload":
+            return len(ml_datasets.builtin_names()), (
+                dt.datetime.fromisoformat(payload[1]),
+                str(payload[2]),
+            )
+    except (ValueError, TypeError, IndexError, KeyError):
+        pass
+    raise ServiceError("validation_error", "cursor is not one this service issued")
+
+
+def list_page(
+    session: Session, *, limit: int, cursor: str | None
+) -> tuple[list[BuiltinInfo | DatasetRow], str | None]:
+    builtins = ml_datasets.list_builtins()
+    start, after = _decode(cursor) if cursor else (0, None)
+    items: list[BuiltinInfo | DatasetRow] = list(builtins[start : start + limit])
+    if start + limit < len(builtins):
+        return items, _encode(["builtin", start + limit])
+    remaining = limit - len(items)
+    if remaining == 0:
+        more, _ = repo.list_page(session, limit=1, after=None)
+        return items, _encode(["builtin", len(builtins)]) if more else None
+    rows, next_cursor = repo.list_page(session, limit=remaining, after=after)
+    return [*items, *rows], next_cursor
+
+
+def builtin(ref: str) -> BuiltinInfo:
+    name = ref.removeprefix(BUILTIN_PREFIX)
+    for info in ml_datasets.list_builtins():
+        if info.name == name:
+            return info
+    raise ServiceError("not_found", _unknown(ref))
+
+
+@lru_cache
+def builtin_summary(name: str) -> dict[str, Any]:
+    data = ml_datasets.load_builtin(name)
+    return ml_datasets.summarize(data, max_features=MAX_SUMMARY_FEATURES, preview_rows=PREVIEW_ROWS)
