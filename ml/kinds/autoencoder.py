@@ -1,0 +1,110 @@
+"""Kind `autoencoder`: dense or convolutional autoencoders, anomaly scores calibrated on held-out
+normal data, and the thermodynamic training telemetry of every gradient-trained kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ml.registry import register_kind
+from ml.reporting import Reporter, RunContext, RunOutcome
+from ml.serving import Servable
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.training_config import TrainingConfig
+
+Activation = Literal["relu", "elu", "gelu", "selu", "tanh", "leaky_relu", "sigmoid"]
+Labels = int | list[int] | None
+
+
+class AutoencoderParams(StrictModel):
+    latent_dim: int = Field(4, ge=1, le=4096)
+    hidden: list[int] = Field(default_factory=lambda: [32], max_length=8)
+    activation: Activation = "relu"
+    dropout: float = Field(0.0, ge=0, lt=0.9)
+    noise_std: float = Field(
+        0.0, ge=0, description="Denoising: Gaussian input noise (scaled units)."
+    )
+    architecture: Literal["auto", "dense", "conv"] = Field(
+        "auto", description="`auto`: conv for image rows (H, W, C), dense otherwise."
+    )
+    reconstruction_loss: Literal["mse", "binary_crossentropy"] = Field(
+        "mse", description="Mean over features; cross-entropy needs inputs in [0, 1] (minmax)."
+    )
+    output_activation: Literal["auto", "linear", "sigmoid"] = "auto"
+    contamination: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Expected anomaly share: the threshold is the (1 − c) "
+        "quantile of held-out normal scores.",
+    )
+    target_fpr: float | None = Field(
+        None, gt=0, lt=1, description="Set the threshold for this false-positive rate instead."
+    )
+    normal_label: Labels = Field(None, description="Label(s) of the normal class to train on.")
+    anomaly_label: Labels = Field(
+        None, description="Label(s) of anomalies (default: the data set's anomaly class, if any)."
+    )
+    evaluation_split: float = Field(
+        0.2, ge=0, lt=0.9, description="Labelled rows held out for ROC-AUC / PR-AUC."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoencoderParams:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError("hidden layer sizes must be positive")
+        if self.normal_label is not None and self.anomaly_label is not None:
+            raise ValueError("give normal_label or anomaly_label, not both")
+        return self
+
+    @property
+    def resolved_loss(self) -> str:
+        return self.reconstruction_loss
+
+    @property
+    def resolved_output_activation(self) -> str:
+        if self.output_activation == "auto":
+            return "sigmoid" if self.reconstruction_loss == "binary_crossentropy" else "linear"
+        return self.output_activation
+
+
+class AutoencoderSpec(JobSpec):
+    kind: Literal["autoencoder"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: AutoencoderParams = Field(default_factory=AutoencoderParams)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+
+AutoencoderSpec.example = {
+    "kind": "autoencoder",
+    "name": "breast-cancer-ae",
+    "dataset": "builtin:breast_cancer",
+    "params": {"latent_dim": 4, "hidden": [32, 16], "contamination": 0.05},
+    "preprocessing": {"scale": "standard"},
+    "training": {"epochs": 30, "batch_size": 32, "seed": 0},
+}
+
+SERVES = frozenset({"encode", "reconstruct", "score"})
+
+
+def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+    from ml.autoencoding import AutoencodingServable
+
+    return AutoencodingServable("autoencoder", files, meta)
+
+
+@register_kind(
+    name="autoencoder",
+    spec=AutoencoderSpec,
+    summary="An autoencoder for representation learning and anomaly scores.",
+    category="model",
+    serves=SERVES,
+    load=load,
+)
+def run(spec: AutoencoderSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.anomaly import train_autoencoding
+
+    return train_autoencoding("autoencoder", spec, reporter, context, sorted(SERVES))

@@ -1,0 +1,244 @@
+"""Thermodynamic training telemetry (THERMODYNAMICS.md section A), in plain NumPy.
+
+The training loop measures raw quantities on a telemetry step (micro-batch gradient norms,
+θ·g, the momentum buffer, the two-pass heat, a sample of the parameters) and hands them to
+:class:`Thermometer`, which keeps numerators and denominators as separate bias-corrected
+exponential moving averages and divides only when it reports. Units: k_B = 1, energies in the
+units of the training loss (a mean over the batch of the per-example loss).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MOMENTUM_OPTIMIZERS = frozenset({"sgd", "sgld"})
+
+
+def gradient_noise_parts(
+    micro_sqnorm_mean: float, batch_sqnorm: float, batch_size: int, micro_size: int
+) -> tuple[float, float]:
+    """Unbiased |G|² and tr Σ from K micro-batch gradients (McCandlish et al. 2018, App. A).
+
+    `micro_sqnorm_mean` is S_b = mean_k |g_k|² over micro-batches of size b; `batch_sqnorm` is
+    |g_B|² of their mean (the batch of size B = K b).
+    """
+    big, small = float(batch_size), float(micro_size)
+    if not small < big:
+        raise ValueError("micro-batches must be smaller than the batch")
+    g_sq = (big * batch_sqnorm - small * micro_sqnorm_mean) / (big - small)
+    trace = (micro_sqnorm_mean - batch_sqnorm) / (1.0 / small - 1.0 / big)
+    return g_sq, trace
+
+
+def nominal_temperature(learning_rate: float, batch_size: int) -> float:
+    """η / 2B, the control parameter of SGD's stochastic differential equation."""
+    return learning_rate / (2.0 * batch_size)
+
+
+def noise_temperature(
+    learning_rate: float, momentum: float, batch_size: int, trace_sigma: float, n_params: int
+) -> float:
+    """(η_eff / 2B) tr Σ / d with η_eff = η / (1 − μ) (Mandt, Hoffman & Blei 2017)."""
+    return learning_rate / (1.0 - momentum) / (2.0 * batch_size) * trace_sigma / n_params
+
+
+def gaussian_entropy(variances: np.ndarray, scale: float = 1.0) -> float:
+    """½ Σ ln(2πe s_i²), times `scale` (d / sampled coordinates)."""
+    v = np.maximum(np.asarray(variances, dtype=np.float64), np.finfo(np.float64).tiny)
+    return float(scale * 0.5 * np.sum(np.log(2 * math.pi * math.e * v)))
+
+
+class Ema:
+    """A bias-corrected exponential moving average."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay, self.value, self.weight = decay, 0.0, 0.0
+
+    def update(self, x: float) -> None:
+        self.value = self.decay * self.value + (1 - self.decay) * x
+        self.weight = self.decay * self.weight + (1 - self.decay)
+
+    @property
+    def mean(self) -> float | None:
+        return self.value / self.weight if self.weight > 0 else None
+
+
+class WeightEntropy:
+    """Welford variance of θ − EMA(θ) on a fixed coordinate sample; entropy of that Gaussian."""
+
+    def __init__(self, n_params: int, sampled: int, decay: float = 0.9) -> None:
+        self.scale = n_params / sampled
+        self.decay = decay
+        self.center: np.ndarray | None = None
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def update(self, theta: np.ndarray) -> float | None:
+        theta = np.asarray(theta, dtype=np.float64)
+        if self.center is None:
+            self.center = theta.copy()
+            return None
+        self.center = self.decay * self.center + (1 - self.decay) * theta
+        deviation = theta - self.center
+        self.count += 1
+        if self.mean is None or self.m2 is None:
+            self.mean, self.m2 = deviation.copy(), np.zeros_like(deviation)
+            return None
+        delta = deviation - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (deviation - self.mean)
+        if self.count < 2:
+            return None
+        return gaussian_entropy(self.m2 / (self.count - 1), self.scale)
+
+    def state(self) -> dict[str, object]:
+        return {"center": self.center, "count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def restore(self, state: dict[str, object]) -> None:
+        self.center = state["center"]  # type: ignore[assignment]
+        self.count = int(state["count"])  # type: ignore[call-overload]
+        self.mean = state["mean"]  # type: ignore[assignment]
+        self.m2 = state["m2"]  # type: ignore[assignment]
+
+
+@dataclass
+class Measurement:
+    """Raw quantities of one telemetry step (all floats on the host)."""
+
+    step: int
+    learning_rate: float
+    batch_size: int
+    micro_size: int
+    micro_sqnorm_mean: float  # S_b
+    batch_sqnorm: float  # |g_B|²
+    theta_dot_grad: float  # θ · g_B, weight decay included in g
+    velocity_sqnorm: float | None  # |v|² of the momentum buffer; None when undefined (Adam)
+    heat: float | None  # L_B(θ_t) − L_B(θ_{t+1}), same batch and random draws
+    internal_energy: float  # window mean of the mini-batch loss
+    theta_sample: np.ndarray
+    injected_temperature: float | None = None  # SGLD's T
+
+
+class Thermometer:
+    """Turns measurements into the metric points of section A."""
+
+    def __init__(
+        self,
+        *,
+        optimizer: str,
+        momentum: float,
+        n_params: int,
+        sampled: int,
+        dampening: float = 0.0,
+        decay: float = 0.9,
+    ) -> None:
+        self.optimizer = optimizer
+        self.momentum = momentum if optimizer in MOMENTUM_OPTIMIZERS else 0.0
+        self.dampening = dampening
+        self.n_params = n_params
+        self.g_sq, self.trace = Ema(decay), Ema(decay)
+        self.virial, self.velocity, self.heat = Ema(decay), Ema(decay), Ema(decay)
+        self.entropy = WeightEntropy(n_params, sampled)
+        self.entropy_origin: float | None = None
+
+    def _emas(self) -> dict[str, Ema]:
+        return {
+            "g_sq": self.g_sq,
+            "trace": self.trace,
+            "virial": self.virial,
+            "velocity": self.velocity,
+            "heat": self.heat,
+        }
+
+    def state(self) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """JSON-safe scalars and arrays, so that a resumed run continues the same averages."""
+        scalars: dict[str, object] = {
+            name: [ema.value, ema.weight] for name, ema in self._emas().items()
+        }
+        entropy = self.entropy.state()
+        scalars["entropy_count"] = entropy["count"]
+        scalars["entropy_origin"] = self.entropy_origin
+        arrays = {
+            f"entropy_{k}": np.asarray(v) for k, v in entropy.items() if isinstance(v, np.ndarray)
+        }
+        return scalars, arrays
+
+    def restore(self, scalars: dict[str, object], arrays: dict[str, np.ndarray]) -> None:
+        for name, ema in self._emas().items():
+            ema.value, ema.weight = (float(x) for x in scalars[name])  # type: ignore[attr-defined]
+        self.entropy.restore(
+            {
+                "count": scalars["entropy_count"],
+                **{k: arrays.get(f"entropy_{k}") for k in ("center", "mean", "m2")},
+            }
+        )
+        origin = scalars.get("entropy_origin")
+        self.entropy_origin = None if origin is None else float(origin)  # type: ignore[arg-type]
+
+    def update(self, m: Measurement) -> dict[str, float | None]:
+        g_sq, trace = gradient_noise_parts(
+            m.micro_sqnorm_mean, m.batch_sqnorm, m.batch_size, m.micro_size
+        )
+        self.g_sq.update(g_sq)
+        self.trace.update(trace)
+        self.virial.update(m.theta_dot_grad)
+        if m.velocity_sqnorm is not None:
+            self.velocity.update(m.velocity_sqnorm)
+        if m.heat is not None:
+            self.heat.update(m.heat)
+        entropy = self.entropy.update(m.theta_sample)
+        if entropy is not None and self.entropy_origin is None:
+            self.entropy_origin = entropy
+
+        d = self.n_params
+        out: dict[str, float | None] = {
+            "internal_energy": m.internal_energy,
+            "lr": m.learning_rate,
+            "temperature_nominal": nominal_temperature(m.learning_rate, m.batch_size),
+        }
+        g_mean, trace_mean = self.g_sq.mean, self.trace.mean
+        out["grad_noise_scale"] = (
+            trace_mean / g_mean if g_mean is not None and trace_mean and g_mean > 0 else None
+        )
+        sgd_like = self.optimizer in MOMENTUM_OPTIMIZERS
+        t_noise = (
+            noise_temperature(m.learning_rate, self.momentum, m.batch_size, trace_mean, d)
+            if sgd_like and trace_mean is not None
+            else None
+        )
+        out["temperature_noise"] = t_noise
+        t_virial = (self.virial.mean or 0.0) / d
+        out["temperature_virial"] = t_virial
+        if m.injected_temperature is not None:
+            out["temperature_injected"] = m.injected_temperature
+        velocity = self.velocity.mean
+        if sgd_like and velocity:
+            scale = (m.learning_rate / 2) * (1 + self.momentum) / (1 - self.dampening)
+            out["fdr_ratio"] = (self.virial.mean or 0.0) / (scale * velocity)
+        else:
+            out["fdr_ratio"] = None
+        delta_s = (
+            entropy - self.entropy_origin
+            if entropy is not None and self.entropy_origin is not None
+            else None
+        )
+        out["weight_entropy"] = delta_s
+        temperature = t_noise if t_noise is not None else t_virial
+        out["free_energy"] = (
+            m.internal_energy - temperature * delta_s if delta_s is not None else None
+        )
+        heat = self.heat.mean
+        out["heat"] = heat
+        usable = temperature is not None and temperature > 0 and heat is not None
+        out["entropy_production"] = heat / temperature if usable else None  # type: ignore[operator]
+        if usable and sgd_like and trace_mean is not None:
+            eta_eff = m.learning_rate / (1 - self.momentum)
+            excess = heat - eta_eff * trace_mean / m.batch_size  # type: ignore[operator]
+            out["entropy_production_excess"] = excess / temperature  # type: ignore[operator]
+        else:
+            out["entropy_production_excess"] = None
+        return out

@@ -1,0 +1,150 @@
+"""Loaded models for serving: downloaded and verified once, kept in a bounded LRU cache.
+
+A model's kind loads it (`Kind.load`) into a :class:`ml.serving.Servable` whose operations are
+compiled once with a fixed input signature. TensorFlow is imported here on the first request
+that needs a model, never at start-up. Eviction is by count and by estimated size.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.registry import get_kind
+from ml.serving import Servable
+from service.config import Settings
+from service.errors import ServiceError
+from service.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+# A loaded Keras model takes a few times its file size in memory (weights, graphs, buffers).
+MEMORY_PER_FILE_BYTE = 3
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What serving needs of a models row (a plain snapshot, safe to use across threads)."""
+
+    id: str
+    kind: str
+    sha256: str
+    files: dict[str, Any]
+    input_shape: list[int]
+    preprocessing: dict[str, Any]
+    calibration: dict[str, Any]
+    capabilities: list[str]
+
+    @classmethod
+    def of(cls, row: Any) -> ModelInfo:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            sha256=row.sha256,
+            files=dict(row.files or {}),
+            input_shape=list(row.input_shape or []),
+            preprocessing=dict(row.preprocessing or {}),
+            calibration=dict(row.calibration or {}),
+            capabilities=list(row.capabilities or []),
+        )
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(int(entry.get("size", 0)) for entry in self.files.values())
+
+
+@dataclass
+class _Entry:
+    servable: Servable
+    bytes: int
+
+
+class ModelCache:
+    def __init__(self, settings: Settings, store: ArtifactStore) -> None:
+        self.max_models = settings.model_cache_models
+        self.max_bytes = settings.model_cache_bytes
+        self.store = store
+        self.folder = (settings.data_dir / "cache" / "models").resolve()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+
+    @property
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return sum(e.bytes for e in self._entries.values())
+
+    def get(self, info: ModelInfo) -> Servable:
+        key = f"{info.id}:{info.sha256}"
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry.servable
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:  # one load per model, however many requests arrive at once
+            with self._lock:
+                entry = self._entries.get(key)
+            if entry is None:
+                entry = self._load(info)
+                with self._lock:
+                    self._entries[key] = entry
+                    self._evict()
+            with self._lock:
+                self._loading.pop(key, None)
+        return entry.servable
+
+    def discard(self, model_id: str) -> None:
+        """Forget a deleted model."""
+        with self._lock:
+            for key in [k for k in self._entries if k.startswith(f"{model_id}:")]:
+                del self._entries[key]
+        shutil.rmtree(self.folder / model_id, ignore_errors=True)
+
+    def _evict(self) -> None:
+        while len(self._entries) > 1 and (
+            len(self._entries) > self.max_models
+            or sum(e.bytes for e in self._entries.values()) > self.max_bytes
+        ):
+            key, _ = self._entries.popitem(last=False)
+            log.info("model cache: evicted %s", key)
+
+    def _load(self, info: ModelInfo) -> _Entry:
+        kind = get_kind(info.kind)
+        if kind.load is None:
+            raise ServiceError("unsupported_operation", f"kind {info.kind!r} serves nothing")
+        folder = self.folder / info.id / info.sha256[:16]
+        files = self.store.download_files(info.files, folder)
+        meta = {
+            "input_shape": info.input_shape,
+            "preprocessing": info.preprocessing,
+            "calibration": info.calibration,
+            "capabilities": info.capabilities,
+        }
+        servable = kind.load({k: Path(v) for k, v in files.items()}, meta)
+        log.info("model cache: loaded %s (%s)", info.id, info.kind)
+        return _Entry(servable, max(1, info.size_bytes) * MEMORY_PER_FILE_BYTE)
+
+
+def to_json_array(values: Any) -> Any:
+    """NumPy to JSON-ready lists; non-finite numbers become None."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return np.where(np.isfinite(values), values, None).tolist()
+        return values.tolist()
+    if isinstance(values, np.generic):
+        return values.item()
+    if isinstance(values, float) and not np.isfinite(values):
+        return None
+    return values

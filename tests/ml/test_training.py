@@ -1,0 +1,392 @@
+"""The TensorFlow training loop (ml.training.Trainer) on a tiny linear regression."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+from ml.reporting import JobFailed, MemoryReporter
+from ml.training import Trainer, configure_determinism
+from ml.training_config import TrainingConfig
+
+D = 4
+N_TRAIN, N_VAL, BATCH, MICRO = 224, 32, 16, 4
+STEPS_PER_EPOCH = N_TRAIN // BATCH  # 14, no partial batch
+TELEMETRY = (
+    "internal_energy",
+    "lr",
+    "grad_noise_scale",
+    "temperature_nominal",
+    "temperature_virial",
+    "heat",
+)
+
+
+class LinearObjective:
+    """ℓ_i = ½(x_i·w + b − y_i)²; a row of x packs the D features and then the target."""
+
+    def __init__(self, nan_from_step: int | None = None) -> None:
+        self.w = tf.Variable(tf.zeros([D]))
+        self.b = tf.Variable(0.0)
+        self.nan_from_step = nan_from_step
+
+    @property
+    def trainable_variables(self) -> list[tf.Variable]:
+        return [self.w, self.b]
+
+    def per_example_loss(self, x: tf.Tensor, seed: tf.Tensor, training: bool):
+        residual = tf.linalg.matvec(x[:, :D], self.w) + self.b - x[:, D]
+        loss = 0.5 * tf.square(residual)
+        if self.nan_from_step is not None and training:
+            # The trainer's seed is [seed, 64 · step + offset]: poison every step ≥ nan_from_step.
+            late = seed[1] >= 64 * self.nan_from_step
+            loss = loss + tf.where(late, tf.constant(math.nan), 0.0)
+        return loss, {}
+
+    def save(self, folder: Path) -> None:
+        np.savez(folder / "weights.npz", w=self.w.numpy(), b=self.b.numpy())
+
+    def load(self, folder: Path) -> None:
+        with np.load(folder / "weights.npz") as saved:
+            self.w.assign(saved["w"])
+            self.b.assign(saved["b"])
+
+
+def make_data(seed: int = 0, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N_TRAIN + N_VAL, D)) * scale
+    y = x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.3 + 0.5 * rng.normal(size=len(x))
+    rows = np.concatenate([x, y[:, None]], axis=1).astype(np.float32)
+    return rows[:N_TRAIN], rows[N_TRAIN:]
+
+
+def full_loss(rows: np.ndarray, w: np.ndarray, b: float) -> float:
+    r = rows[:, :D].astype(np.float64) @ w + b - rows[:, D]
+    return float(np.mean(0.5 * r**2))
+
+
+def make_config(**overrides: Any) -> TrainingConfig:
+    spec: dict[str, Any] = {
+        "epochs": 3,
+        "batch_size": BATCH,
+        "seed": 3,
+        "optimizer": {"name": "sgd", "learning_rate": 0.01},
+        "telemetry": {"every_steps": 5, "microbatches": MICRO},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    return TrainingConfig.model_validate(spec)
+
+
+def run(
+    config: TrainingConfig, objective: LinearObjective | None = None, **fit_kwargs: Any
+) -> tuple[Trainer, MemoryReporter, Any, LinearObjective]:
+    objective = objective or LinearObjective()
+    reporter = MemoryReporter()
+    trainer = Trainer(objective, config, reporter)
+    train, val = make_data()
+    result = trainer.fit(train, val, **fit_kwargs)
+    return trainer, reporter, result, objective
+
+
+@pytest.fixture
+def deterministic() -> Iterator[Callable[[TrainingConfig], None]]:
+    """configure_determinism, undone afterwards (op determinism is process-wide)."""
+    was_on = tf_config.is_op_determinism_enabled()
+    yield configure_determinism
+    if not was_on:
+        tf_config.disable_op_determinism()
+
+
+def steps_of(reporter: MemoryReporter, name: str) -> list[int]:
+    return sorted(reporter.points[name])
+
+
+# (a) ---------------------------------------------------------------------------------------
+
+
+def test_training_reduces_loss_and_records_points_at_the_telemetry_steps() -> None:
+    config = make_config(optimizer={"learning_rate": 0.1})
+    train, _ = make_data()
+    initial = full_loss(train, np.zeros(D), 0.0)
+    _, reporter, result, objective = run(config)
+
+    assert result.epochs_run == 3 and result.steps == 3 * STEPS_PER_EPOCH
+    assert result.history["loss"][-1] < result.history["loss"][0] < initial
+    assert result.final_loss < 0.2 * initial
+    # The epoch's `loss` is the training loss of the final weights.
+    assert result.final_loss == pytest.approx(
+        full_loss(train, objective.w.numpy(), float(objective.b.numpy())), rel=1e-5
+    )
+
+    every = config.telemetry.every_steps
+    expected = list(range(every, result.steps + 1, every))
+    for name in TELEMETRY:
+        assert steps_of(reporter, name) == expected, name
+    epoch_ends = [STEPS_PER_EPOCH * (e + 1) for e in range(3)]
+    assert steps_of(reporter, "loss") == epoch_ends
+    assert steps_of(reporter, "val_loss") == epoch_ends
+    _, losses = reporter.series("loss")
+    assert losses == pytest.approx(result.history["loss"])
+    _, energy = reporter.series("internal_energy")
+    assert energy[-1] < energy[0]
+    for name in ("temperature_nominal", "temperature_virial", "heat", "grad_noise_scale"):
+        assert all(math.isfinite(v) for v in reporter.series(name)[1]), name
+
+
+def test_internal_energy_is_the_window_mean_of_the_data_loss_without_weight_decay() -> None:
+    # With a negligible learning rate θ stays put; every_steps = 2 splits the epoch into 7
+    # windows of 2 batches (one plain step, one measuring step) that cover every row once, so
+    # the windows' mean is the full-data loss at θ, without the weight-decay penalty.
+    config = make_config(
+        epochs=1,
+        optimizer={"learning_rate": 1e-9, "weight_decay": 1.0},
+        telemetry={"every_steps": 2},
+    )
+    objective = LinearObjective()
+    objective.w.assign([1.0, 1.0, 1.0, 1.0])
+    _, reporter, _, _ = run(config, objective)
+    train, _ = make_data()
+    _, energy = reporter.series("internal_energy")
+    assert len(energy) == STEPS_PER_EPOCH // 2
+    assert np.mean(energy) == pytest.approx(full_loss(train, np.ones(D), 0.0), rel=1e-5)
+
+
+# (b) ---------------------------------------------------------------------------------------
+
+
+def test_lr_follows_the_exponential_decay_schedule() -> None:
+    config = make_config(
+        schedule={
+            "name": "exponential_decay",
+            "decay_steps": 10,
+            "decay_rate": 0.96,
+            "staircase": True,
+        }
+    )
+    _, reporter, _, _ = run(config)
+    steps, rates = reporter.series("lr")
+    assert steps == list(range(5, 3 * STEPS_PER_EPOCH + 1, 5))
+    # The point at step s is the rate of the update that took the step count from s − 1 to s
+    # (Keras evaluates the schedule at optimizer.iterations = s − 1).
+    expected = [0.01 * 0.96 ** ((s - 1) // 10) for s in steps]
+    assert rates == pytest.approx(expected, rel=1e-6)
+    assert len(set(np.round(rates, 9))) == 4  # it did decay (at 10, 20, 30 and 40)
+    _, nominal = reporter.series("temperature_nominal")
+    assert nominal == pytest.approx([r / (2 * BATCH) for r in rates], rel=1e-6)
+
+
+# (c) ---------------------------------------------------------------------------------------
+
+
+def test_deterministic_runs_repeat_exactly(deterministic) -> None:
+    # SGLD draws noise every step: the repeat covers the stateless random draws too.
+    config = make_config(
+        deterministic=True, optimizer={"name": "sgld", "momentum": 0.5, "temperature": 1e-3}
+    )
+    deterministic(config)
+    _, first, result_a, _ = run(config)
+    _, second, result_b, _ = run(config)
+    assert result_a.history == result_b.history
+    for name in (*TELEMETRY, "temperature_noise", "weight_entropy", "fdr_ratio"):
+        np.testing.assert_array_equal(first.series(name)[1], second.series(name)[1], err_msg=name)
+    # ... and the seed matters.
+    _, _, result_c, _ = run(make_config(deterministic=True, seed=4, optimizer=config.optimizer))
+    assert result_c.history["loss"] != result_a.history["loss"]
+
+
+# (d) ---------------------------------------------------------------------------------------
+
+
+def test_noise_temperature_is_null_for_adam_and_finite_for_sgd() -> None:
+    _, adam, _, _ = run(make_config(epochs=1, optimizer={"name": "adam"}))
+    _, sgd, _, _ = run(make_config(epochs=1, optimizer={"momentum": 0.9}))
+    adam_values = adam.series("temperature_noise")[1]
+    assert adam_values and all(math.isnan(v) for v in adam_values)
+    assert all(math.isnan(v) for v in adam.series("fdr_ratio")[1])
+    assert all(math.isfinite(v) for v in adam.series("temperature_virial")[1])
+    sgd_values = sgd.series("temperature_noise")[1]
+    assert sgd_values and all(math.isfinite(v) and v > 0 for v in sgd_values)
+    assert all(math.isfinite(v) for v in sgd.series("fdr_ratio")[1])
+
+
+# (e) ---------------------------------------------------------------------------------------
+
+RESUME = {
+    "deterministic": True,
+    "optimizer": {"momentum": 0.9},
+    "schedule": {"name": "exponential_decay", "decay_steps": 10, "decay_rate": 0.96},
+}
+
+
+def test_resume_from_a_checkpoint_continues_the_run(tmp_path: Path, deterministic) -> None:
+    deterministic(make_config(**RESUME))
+    folder = tmp_path / "checkpoint"
+    first = LinearObjective()
+    _, part1, result1, _ = run(
+        make_config(epochs=2, **RESUME), first, checkpoint_dir=folder, save_weights=first.save
+    )
+    assert part1.checkpoints == 2 and result1.steps == 2 * STEPS_PER_EPOCH
+
+    fresh = LinearObjective()
+    reporter = MemoryReporter()
+    trainer = Trainer(fresh, make_config(epochs=4, **RESUME), reporter)
+    assert trainer.restore_checkpoint(folder, fresh.load)
+    epochs: list[tuple[int, int]] = []
+    train, val = make_data()
+    resumed = trainer.fit(
+        train,
+        val,
+        checkpoint_dir=folder,
+        save_weights=fresh.save,
+        on_epoch_end=lambda epoch, step: epochs.append((epoch, step)),
+    )
+    assert epochs == [(3, 3 * STEPS_PER_EPOCH), (4, 4 * STEPS_PER_EPOCH)]
+    assert reporter.points["epoch"] == {3 * STEPS_PER_EPOCH: 3.0, 4 * STEPS_PER_EPOCH: 4.0}
+
+    _, whole, uninterrupted, reference = run(make_config(epochs=4, **RESUME))
+    for name in TELEMETRY:
+        before, after = steps_of(part1, name), steps_of(reporter, name)
+        assert not set(before) & set(after), name  # no step recorded twice
+        assert min(after) > result1.steps
+        assert before + after == steps_of(whole, name), name  # and none missing
+    # The learning rate continues the schedule (optimizer.iterations was restored).
+    assert reporter.series("lr")[1] == pytest.approx(
+        [whole.points["lr"][s] for s in steps_of(reporter, "lr")], rel=1e-6
+    )
+    assert resumed.final_loss == pytest.approx(uninterrupted.final_loss, rel=1e-6)
+    assert resumed.history["loss"] == pytest.approx(uninterrupted.history["loss"][2:], rel=1e-6)
+    np.testing.assert_allclose(fresh.w.numpy(), reference.w.numpy(), rtol=1e-6)
+
+
+def test_resume_continues_the_telemetry(tmp_path: Path, deterministic) -> None:
+    deterministic(make_config(**RESUME))
+    folder = tmp_path / "checkpoint"
+    first = LinearObjective()
+    run(make_config(epochs=2, **RESUME), first, checkpoint_dir=folder, save_weights=first.save)
+    fresh = LinearObjective()
+    reporter = MemoryReporter()
+    trainer = Trainer(fresh, make_config(epochs=4, **RESUME), reporter)
+    trainer.restore_checkpoint(folder, fresh.load)
+    trainer.fit(*make_data(), checkpoint_dir=folder, save_weights=fresh.save)
+    _, whole, _, _ = run(make_config(epochs=4, **RESUME))
+    for name in ("temperature_virial", "heat", "weight_entropy"):
+        steps = steps_of(reporter, name)
+        np.testing.assert_allclose(
+            reporter.series(name)[1], [whole.points[name][s] for s in steps], rtol=1e-5
+        )
+
+
+# (f) ---------------------------------------------------------------------------------------
+
+
+def test_a_nan_loss_fails_the_job_as_diverged_naming_the_step() -> None:
+    # NaN from the 8th step (step count 7 → 8); the next telemetry record is at step 10.
+    config = make_config(epochs=1)
+    with pytest.raises(JobFailed) as failure:
+        run(config, LinearObjective(nan_from_step=7))
+    assert failure.value.code == "diverged"
+    assert "nan" in failure.value.message.lower()
+    assert re.search(r"\bstep 10\b", failure.value.message), failure.value.message
+
+
+def test_a_huge_learning_rate_fails_the_job_as_diverged() -> None:
+    config = make_config(epochs=2, optimizer={"learning_rate": 10.0})
+    with pytest.raises(JobFailed) as failure:
+        run(config)
+    assert failure.value.code == "diverged"
+    step = re.search(r"\bstep (\d+)\b", failure.value.message)
+    assert step and 1 <= int(step.group(1)) <= 2 * STEPS_PER_EPOCH, failure.value.message
+
+
+# (g) ---------------------------------------------------------------------------------------
+
+
+def test_sgld_annealing_lowers_the_injected_temperature() -> None:
+    config = make_config(
+        optimizer={"name": "sgld", "temperature": 1e-3},
+        schedule={"name": "annealing", "decay_steps": 10, "decay_rate": 0.5},
+    )
+    _, reporter, _, _ = run(config)
+    steps, temperatures = reporter.series("temperature_injected")
+    assert steps == steps_of(reporter, "lr")
+    assert all(b < a for a, b in itertools.pairwise(temperatures))
+    # The temperature of a step is set from the step count before it (s − 1).
+    assert temperatures == pytest.approx([1e-3 * 0.5 ** ((s - 1) / 10) for s in steps], rel=1e-6)
+    # The learning rate stays constant under `annealing`.
+    assert reporter.series("lr")[1] == pytest.approx([0.01] * len(steps), rel=1e-6)
+
+
+# (h) ---------------------------------------------------------------------------------------
+
+
+def test_two_pass_heat_is_positive_early_in_sgd_on_a_convex_problem() -> None:
+    config = make_config(epochs=1, optimizer={"learning_rate": 0.05}, telemetry={"every_steps": 1})
+    _, reporter, _, _ = run(config)
+    _, heat = reporter.series("heat")
+    assert len(heat) == STEPS_PER_EPOCH
+    assert np.mean(heat) > 0 and heat[0] > 0
+
+
+# The measuring step against a NumPy oracle --------------------------------------------------
+
+
+def test_measuring_step_matches_a_numpy_oracle() -> None:
+    lr, mu, wd = 0.05, 0.9, 0.1
+    config = make_config(
+        optimizer={"learning_rate": lr, "momentum": mu, "weight_decay": wd},
+        telemetry={"every_steps": 1},
+    )
+    objective = LinearObjective()
+    theta = np.array([0.5, -1.0, 2.0, 0.25, 0.75])  # w then b
+    objective.w.assign(theta[:D])
+    objective.b.assign(theta[D])
+    trainer = Trainer(objective, config, MemoryReporter())
+    train, _ = make_data()
+
+    def oracle(rows: np.ndarray, theta: np.ndarray) -> dict[str, Any]:
+        feats = np.concatenate([rows[:, :D], np.ones((len(rows), 1))], axis=1).astype(np.float64)
+        target = rows[:, D].astype(np.float64)
+        micro = []
+        for part_x, part_y in zip(np.split(feats, MICRO), np.split(target, MICRO), strict=True):
+            r = part_x @ theta - part_y
+            micro.append(part_x.T @ r / len(r) + wd * theta)
+        g = np.mean(micro, axis=0)
+
+        def total(p: np.ndarray) -> float:  # mean over micro-batches of their loss + penalty
+            return float(np.mean(0.5 * (feats @ p - target) ** 2) + 0.5 * wd * p @ p)
+
+        return {
+            "micro_sqnorm_mean": np.mean([m @ m for m in micro]),
+            "batch_sqnorm": g @ g,
+            "theta_dot_grad": theta @ g,
+            "g": g,
+            "total": total,
+        }
+
+    velocity = np.zeros_like(theta)
+    for batch in (train[:BATCH], train[BATCH : 2 * BATCH]):
+        want = oracle(batch, theta)
+        got = {k: v.numpy() for k, v in trainer._measure_step(tf.constant(batch)).items()}
+        velocity = mu * velocity + want["g"]  # v ← μv + g; Keras: u = −η v
+        new_theta = theta - lr * velocity
+        for key in ("micro_sqnorm_mean", "batch_sqnorm", "theta_dot_grad"):
+            assert float(got[key]) == pytest.approx(want[key], rel=1e-5), key
+        assert float(got["velocity_sqnorm"]) == pytest.approx(velocity @ velocity, rel=1e-5)
+        heat = want["total"](theta) - want["total"](new_theta)
+        assert float(got["heat"]) == pytest.approx(heat, rel=1e-3)
+        current = np.concatenate([objective.w.numpy(), [objective.b.numpy()]])
+        np.testing.assert_allclose(current, new_theta, rtol=1e-5)
+        theta = new_theta

@@ -1,0 +1,137 @@
+"""Model operations over HTTP: a model trained by a job (run inline), then served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from ml.datasets import load_builtin
+from tests.conftest import submit
+
+QUICK = {"epochs": 2, "batch_size": 32, "seed": 0}
+
+
+def train(client: TestClient, kind: str, **extra: Any) -> dict[str, Any]:
+    spec = {"kind": kind, "dataset": "builtin:breast_cancer", "training": QUICK, **extra}
+    job = submit(client, spec)
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done["error"]
+    assert done["model_id"]
+    model = client.get(f"/v1/models/{done['model_id']}").json()
+    return model
+
+
+@pytest.fixture
+def rows() -> list[list[float]]:
+    return load_builtin("breast_cancer").x[:4].tolist()
+
+
+def test_autoencoder_encodes_reconstructs_and_scores(
+    client: TestClient, rows: list[list[float]]
+) -> None:
+    model = train(client, "autoencoder", name="cancer-ae")
+    assert model["capabilities"] == ["encode", "reconstruct", "score"]
+    assert model["input_shape"] == [30]
+    assert "roc_auc" in model["evaluation"]
+    for ref in (model["id"], "cancer-ae", "cancer-ae@1"):
+        scored = client.post(f"/v1/models/{ref}/score", json={"inputs": rows})
+        assert scored.status_code == 200, scored.text
+    body = scored.json()
+    assert len(body["scores"]) == 4
+    assert body["threshold"] == model["calibration"]["threshold"]
+    assert body["is_anomaly"] == [s > body["threshold"] for s in body["scores"]]
+    latents = client.post("/v1/models/cancer-ae/encode", json={"inputs": rows}).json()
+    assert np.asarray(latents["latents"]).shape[0] == 4
+    recon = client.post("/v1/models/cancer-ae/reconstruct", json={"inputs": rows}).json()
+    assert np.asarray(recon["reconstructions"]).shape == (4, 30)
+
+
+def test_vae_serves_log_variances_and_seeded_samples(client: TestClient, rows: list) -> None:
+    model = train(client, "vae", name="cancer-vae")
+    encoded = client.post("/v1/models/cancer-vae/encode", json={"inputs": rows}).json()
+    assert set(encoded) == {"latents", "log_variances"}
+    first = client.post("/v1/models/cancer-vae/generate", json={"n": 3, "seed": 11}).json()
+    again = client.post("/v1/models/cancer-vae/generate", json={"n": 3, "seed": 11}).json()
+    assert first == again and np.asarray(first["samples"]).shape == (3, 30)
+    assert "generate" in model["capabilities"]
+
+
+def test_bad_inputs_get_clear_4xx(client: TestClient, rows: list) -> None:
+    train(client, "autoencoder", name="strict")
+    url = "/v1/models/strict/score"
+    short = client.post(url, json={"inputs": [[1.0, 2.0]]})
+    assert short.status_code == 422
+    assert "[30]" in short.json()["error"]["message"]
+    assert short.json()["error"]["details"]["expected_shape"] == [30]
+    nan_row = '{"inputs": [[' + ", ".join(["NaN"] + ["1.0"] * 29) + "]]}"
+    response = client.post(url, content=nan_row, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "non-finite" in response.json()["error"]["message"]
+    ragged = client.post(url, json={"inputs": [rows[0], rows[1][:10]]})
+    assert ragged.status_code == 422
+    assert client.post(url, json={"inputs": []}).status_code == 422
+    assert client.post(url, json={"inputs": [["a"] * 30]}).status_code == 422
+    generate = client.post("/v1/models/strict/generate", json={"n": 2})
+    assert generate.status_code == 409
+    error = generate.json()["error"]
+    assert error["code"] == "unsupported_operation"
+    assert "encode, reconstruct, score" in error["message"]
+    assert client.post("/v1/models/nope/score", json={"inputs": rows}).status_code == 404
+    assert client.post("/v1/models/strict@7/score", json={"inputs": rows}).status_code == 404
+
+
+def test_row_and_sample_limits(client: TestClient, rows: list, settings) -> None:  # type: ignore[no-untyped-def]
+    train(client, "vae", name="limited")
+    client.app.state.settings = settings.model_copy(  # type: ignore[attr-defined]
+        update={"max_inference_rows": 3, "max_generate": 5}
+    )
+    many = client.post("/v1/models/limited/score", json={"inputs": rows})
+    assert many.status_code == 422 and "limit of 3" in many.json()["error"]["message"]
+    big = client.post("/v1/models/limited/generate", json={"n": 6})
+    assert big.status_code == 422 and "limit of 5" in big.json()["error"]["message"]
+
+
+def test_deleted_model_is_no_longer_served(client: TestClient, rows: list) -> None:
+    train(client, "autoencoder", name="gone")
+    assert client.post("/v1/models/gone/score", json={"inputs": rows}).status_code == 200
+    cache = client.app.state.model_cache  # type: ignore[attr-defined]
+    assert len(cache.loaded) == 1
+    assert client.delete("/v1/models/gone").status_code == 204
+    assert cache.loaded == []
+    assert client.post("/v1/models/gone/score", json={"inputs": rows}).status_code == 404
+
+
+def test_image_models_take_nested_or_flat_rows(client: TestClient) -> None:
+    spec = {
+        "kind": "autoencoder",
+        "name": "digits-ae",
+        "dataset": "builtin:digits",
+        "preprocessing": {"scale": "minmax"},
+        "training": {**QUICK, "epochs": 1},
+    }
+    job = submit(client, spec)
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
+    image = load_builtin("digits").x[:2]
+    nested = client.post("/v1/models/digits-ae/reconstruct", json={"inputs": image.tolist()})
+    flat = client.post(
+        "/v1/models/digits-ae/reconstruct", json={"inputs": image.reshape(2, -1).tolist()}
+    )
+    assert nested.status_code == flat.status_code == 200
+    assert nested.json() == flat.json()
+    assert np.asarray(nested.json()["reconstructions"]).shape == (2, 8, 8, 1)
+
+
+def test_model_cache_evicts_by_count(client: TestClient, rows: list, settings) -> None:  # type: ignore[no-untyped-def]
+    from service.inference import ModelCache
+    from service.storage import ArtifactStore
+
+    for name in ("one", "two", "three"):
+        train(client, "autoencoder", name=name)
+    small = settings.model_copy(update={"model_cache_models": 2})
+    cache = ModelCache(small, ArtifactStore.from_settings(small))
+    client.app.state.model_cache = cache  # type: ignore[attr-defined]
+    for name in ("one", "two", "three"):
+        assert client.post(f"/v1/models/{name}/score", json={"inputs": rows}).status_code == 200
+    assert len(cache.loaded) == 2
