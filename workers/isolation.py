@@ -14,10 +14,12 @@ import os
 import signal
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from service.config import get_settings
 from service.db.base import utcnow
 from service.db.tables import Job
+from service.queue import RUN_JOB_TASK
 from workers import runtime
 
 log = logging.getLogger("thermoml.worker")
@@ -61,6 +63,39 @@ def _fail_dead_job(job_id: str, worker: str, code: str, message: str) -> None:
         )
 
 
+def _requeue_killed_job(job_id: str, worker: str, sig: str) -> None:
+    """A job whose process was killed (the OOM killer, an operator) goes back to the queue and
+    resumes from its last checkpoint; after `max_attempts` claims it fails as `worker_lost`."""
+    settings = get_settings()
+    with runtime.sessions().begin() as session:
+        requeued = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == "running",
+                Job.worker == worker,
+                Job.attempts < settings.max_attempts,
+            )
+            .values(status="queued", worker=None, heartbeat_at=None, published_at=None)
+        ).rowcount  # type: ignore[attr-defined]
+        queue = session.scalar(select(Job.queue).where(Job.id == job_id))
+    if not requeued:
+        message = (
+            f"the job's process was killed by {sig} on each of {settings.max_attempts} attempts "
+            "(out of memory?)"
+        )
+        _fail_dead_job(job_id, worker, "worker_lost", message)
+        return
+    from workers.app import app
+
+    try:
+        app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue or "cpu")
+        with runtime.sessions().begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+    except Exception as exc:  # the API's reconciler publishes jobs left unpublished
+        log.warning("job %s: could not publish it again (%s); the reconciler will", job_id, exc)
+
+
 def run_isolated(job_id: str, *, worker: str, time_limit: float) -> None:
     pid = os.fork()
     if pid == 0:
@@ -75,8 +110,7 @@ def run_isolated(job_id: str, *, worker: str, time_limit: float) -> None:
         return
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
-        log.error("job %s: its process was killed by %s", job_id, sig)
-        hint = " (out of memory?)" if sig == "SIGKILL" else ""
-        _fail_dead_job(job_id, worker, "internal", f"the job's process was killed by {sig}{hint}")
+        log.error("job %s: its process was killed by %s; queueing it again", job_id, sig)
+        _requeue_killed_job(job_id, worker, sig)
     elif os.WEXITSTATUS(status) != 0:
         _fail_dead_job(job_id, worker, "internal", "the job's process failed; see the worker log")

@@ -1,0 +1,95 @@
+"""Each job runs in its own forked process; a killed job process is queued again, bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from typing import Literal
+
+import pytest
+from pydantic import Field
+
+from ml import registry
+from ml.reporting import Reporter, RunOutcome
+from ml.spec import JobSpec, StrictModel
+from service.config import Settings
+from tests.workers.test_execute import make_job, read
+from workers.isolation import run_isolated
+
+
+class KillParams(StrictModel):
+    die_on_attempts: list[int] = Field(default_factory=lambda: [1])
+    raise_instead: bool = False
+
+
+class KillSpec(JobSpec):
+    kind: Literal["suicidal"]
+    params: KillParams = KillParams()
+
+
+def run_suicidal(spec: KillSpec, reporter: Reporter, context: object = None) -> RunOutcome:
+    reporter.metrics(0, {"pid": float(os.getpid())})
+    from workers.reporter import DbReporter
+
+    attempt = reporter.attempt if isinstance(reporter, DbReporter) else 1
+    if attempt in spec.params.die_on_attempts:
+        reporter.flush()  # type: ignore[attr-defined]
+        if spec.params.raise_instead:
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return RunOutcome(result={"attempt": attempt})
+
+
+@pytest.fixture
+def suicidal() -> Iterator[None]:
+    registry.register_kind(name="suicidal", spec=KillSpec, summary="test", category="simulation")(
+        run_suicidal
+    )
+    yield
+    registry._KINDS.pop("suicidal", None)
+
+
+def test_job_runs_in_another_process(settings: Settings, suicidal: None) -> None:
+    job_id = make_job({"die_on_attempts": []}, kind="suicidal")
+    run_isolated(job_id, worker="w", time_limit=60)
+    job = read(job_id)
+    assert job.status == "succeeded"
+    from service.db import metrics as metric_repo
+    from workers import runtime
+
+    with runtime.sessions()() as session:
+        pid = metric_repo.read_series(session, job_id=job_id)["pid"]["values"][0]
+    assert pid != os.getpid()
+
+
+def test_a_killed_job_process_is_queued_again_and_then_succeeds(
+    settings: Settings, suicidal: None
+) -> None:
+    job_id = make_job({"die_on_attempts": [1]}, kind="suicidal")
+    run_isolated(job_id, worker="w", time_limit=60)
+    job = read(job_id)
+    assert (job.status, job.attempts, job.worker) == ("queued", 1, None)
+    assert job.published_at is not None  # published again (embedded broker)
+    run_isolated(job_id, worker="w", time_limit=60)
+    job = read(job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert job.result == {"attempt": 2}
+
+
+def test_killed_on_every_attempt_fails_as_worker_lost(settings: Settings, suicidal: None) -> None:
+    job_id = make_job({"die_on_attempts": [1, 2, 3]}, kind="suicidal")
+    for _ in range(settings.max_attempts):
+        run_isolated(job_id, worker="w", time_limit=60)
+    job = read(job_id)
+    assert job.status == "failed" and job.error_code == "worker_lost"
+    assert str(settings.max_attempts) in (job.error_message or "")
+
+
+def test_a_process_that_exits_with_an_error_fails_the_job(
+    settings: Settings, suicidal: None
+) -> None:
+    job_id = make_job({"die_on_attempts": [1], "raise_instead": True}, kind="suicidal")
+    run_isolated(job_id, worker="w", time_limit=60)
+    job = read(job_id)
+    assert job.status == "failed" and job.error_code == "internal"
