@@ -1,4 +1,4 @@
-"""The `thermoml` command: up | api | worker | migrate."""
+"""The `thermoml` command: up | api | worker | migrate | keys (and the HTTP client commands)."""
 
 from __future__ import annotations
 
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     migrate.set_defaults(func=cmd_migrate)
+
+    from service.keys_cli import add_key_commands
+
+    add_key_commands(sub)
     return parser
 
 
@@ -167,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

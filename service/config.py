@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(
         2.0, gt=0, description="Seconds the API waits for the broker before leaving a job queued."
     )
+    lost_message_grace: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds after publishing before a queued job missing from an "
+        "empty broker queue is published again.",
+    )
     republish_interval: float = Field(
         5.0, gt=0, description="Seconds between passes of the reconciler over unpublished jobs."
     )
@@ -50,8 +56,28 @@ class Settings(BaseSettings):
     )
     max_inference_rows: int = Field(100_000, ge=1, description="Rows per inference request.")
     max_generate: int = Field(10_000, ge=1, description="Samples per generate request.")
+    batching: bool = Field(True, description="Micro-batch concurrent inference requests.")
+    batch_max_rows: int = Field(1024, ge=1, description="Rows in one micro-batch, at most.")
+    batch_max_wait: float = Field(
+        0.0, ge=0, le=1, description="Seconds a lone request waits for company (0: none)."
+    )
+    model_ref_ttl: float = Field(
+        2.0, ge=0, description="Seconds a resolved model reference is reused without a query."
+    )
     max_upload_bytes: int = Field(
         1 << 30, gt=0, description="Largest data set file accepted by POST /v1/datasets (bytes)."
+    )
+    max_request_bytes: int = Field(
+        256 << 20, ge=1024, description="Largest request body (uploads have their own limit)."
+    )
+    max_running_jobs_per_key: int = Field(
+        16, ge=1, description="Running jobs one API key may have before submits answer 429."
+    )
+    max_queued_jobs_per_key: int = Field(
+        1000, ge=1, description="Queued jobs one API key may have before submits answer 429."
+    )
+    bootstrap_admin_key: str | None = Field(
+        None, min_length=16, description="An admin API key made at start-up (deployments)."
     )
 
     @property

@@ -11,7 +11,7 @@ import logging
 import shutil
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from ml.registry import get_kind
 from ml.serving import Servable
+from service.batching import Batcher
 from service.config import Settings
 from service.errors import ServiceError
 from service.storage import ArtifactStore
@@ -63,6 +64,7 @@ class ModelInfo:
 class _Entry:
     servable: Servable
     bytes: int
+    batchers: dict[str, Batcher] = field(default_factory=dict)
 
 
 class ModelCache:
@@ -104,6 +106,19 @@ class ModelCache:
             with self._lock:
                 self._loading.pop(key, None)
         return entry.servable
+
+    def batcher(self, info: ModelInfo, operation: str, max_rows: int, max_wait_s: float) -> Batcher:
+        """The micro-batcher of one model's operation (made with the loaded model)."""
+        servable = self.get(info)
+        with self._lock:
+            entry = self._entries.get(f"{info.id}:{info.sha256}")
+        if entry is None:  # evicted meanwhile: batch nothing
+            return Batcher(lambda x: servable.run(operation, x), max_rows, max_wait_s)
+        if operation not in entry.batchers:
+            entry.batchers[operation] = Batcher(
+                lambda x: servable.run(operation, x), max_rows, max_wait_s
+            )
+        return entry.batchers[operation]
 
     def discard(self, model_id: str) -> None:
         """Forget a deleted model."""

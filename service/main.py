@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.api import handlers
-from service.api.routes import datasets, health, inference, jobs, metrics, models
+from service.api.routes import datasets, health, inference, jobs, metrics, models, session
+from service.auth import authenticate
 from service.config import Settings, get_settings
+from service.db import keys as key_repo
 from service.db.session import make_engine, make_sessionmaker
+from service.limits import BodyLimit
 from service.queue import Publisher
 from service.reconciler import Reconciler
 
@@ -23,12 +27,20 @@ then watch `GET /v1/jobs/{id}` and `GET /v1/jobs/{id}/metrics`.
 """
 
 
+def ensure_bootstrap_key(sessions: Any, secret: str) -> None:
+    """Make the deployment's admin key (THERMOML_BOOTSTRAP_ADMIN_KEY) if it does not exist."""
+    with sessions.begin() as session:
+        key_repo.ensure(session, secret=secret, scopes=["admin"], name="bootstrap-admin")
+
+
 def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reconciler = Reconciler(app.state.sessions, app.state.publisher, settings)
+        if settings.bootstrap_admin_key:
+            ensure_bootstrap_key(app.state.sessions, settings.bootstrap_admin_key)
         if reconcile:
             reconciler.start()
         try:
@@ -44,13 +56,15 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(authenticate)],
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.publisher = Publisher(settings)
     handlers.install(app)
-    for module in (health, jobs, metrics, datasets, models, inference):
+    for module in (health, jobs, metrics, datasets, models, inference, session):
         app.include_router(module.router)
     logging.getLogger("thermoml").setLevel(logging.INFO)
     return app

@@ -102,6 +102,19 @@ class Publisher:
             return False
         return True
 
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in `queue` (None when the broker cannot say or cannot be reached)."""
+        try:
+            with self.app.connection_for_read() as conn:
+                conn.ensure_connection(max_retries=1, timeout=self.settings.publish_timeout)
+                _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=True)
+                return int(count)
+        except Exception as exc:  # a queue never declared is empty
+            if "NOT_FOUND" in str(exc) or "not found" in str(exc).lower():
+                return 0
+            log.debug("queue depth of %s unavailable: %s", queue, exc)
+            return None
+
     def ping(self) -> None:
         """Raise if the broker cannot be reached."""
         with self.app.connection_for_write() as conn:

@@ -40,7 +40,16 @@ def reconcile_once(
         ).all()
         rows = session.execute(select(Job.id, Job.queue).where(Job.id.in_(waiting))).all()
         queues = {job_id: queue for job_id, queue in rows}
+        lost = _lost_in_broker(session, publisher, settings, now)
     published = 0
+    for job_id, queue, priority in lost:
+        log.warning(
+            "job %s is queued but not in the broker's %s queue; publishing again", job_id, queue
+        )
+        if publisher.publish(job_id, queue=queue, priority=priority):
+            with sessions.begin() as session:
+                mark_published(session, job_id=job_id)
+            published += 1
     for job_id in waiting:
         if publisher.publish(job_id, queue=queues.get(job_id, "cpu")):
             with sessions.begin() as session:
@@ -53,6 +62,29 @@ def reconcile_once(
                 session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
             published += 1
     return published
+
+
+def _lost_in_broker(
+    session: Session, publisher: Publisher, settings: Settings, now: dt.datetime
+) -> list[tuple[str, str, int]]:
+    """Published queued jobs the broker no longer holds (Redis restarted without persistence,
+    or flushed): their queue is empty although they were published a while ago. A job whose
+    message still exists is never claimed twice (the claim), so publishing again is safe."""
+    grace = now - dt.timedelta(seconds=settings.lost_message_grace)
+    candidates = session.execute(
+        select(Job.id, Job.queue, Job.priority).where(
+            Job.status == "queued", Job.published_at.is_not(None), Job.published_at < grace
+        )
+    ).all()
+    empty: dict[str, bool] = {}
+    lost = []
+    for job_id, queue, priority in candidates:
+        if queue not in empty:
+            depth = publisher.queue_depth(queue)
+            empty[queue] = depth == 0
+        if empty[queue]:
+            lost.append((job_id, queue, priority))
+    return lost
 
 
 class Reconciler:

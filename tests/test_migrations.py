@@ -15,7 +15,7 @@ from service.db import tables  # noqa: F401
 from service.db.base import Base
 from tests.pg import scratch_database
 
-TABLES = {"jobs", "metric_points", "models", "datasets"}
+TABLES = {"jobs", "metric_points", "models", "datasets", "api_keys"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

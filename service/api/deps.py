@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from service.auth import Principal, current
 from service.config import Settings
 from service.queue import Publisher
 from service.storage import ArtifactStore
@@ -26,6 +27,11 @@ def get_publisher(request: Request) -> Publisher:
     return request.app.state.publisher  # type: ignore[no-any-return]
 
 
+def current_principal(request: Request) -> Principal:
+    """The authenticated caller (set by the app-wide `service.auth.authenticate`)."""
+    return current(request)
+
+
 def get_store(request: Request) -> ArtifactStore:
     """The app's artifact store, made on first use from its settings."""
     store = getattr(request.app.state, "store", None)
@@ -36,6 +42,7 @@ def get_store(request: Request) -> ArtifactStore:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]

@@ -61,7 +61,11 @@ def _respond(code: str, message: str, details: Any = None, headers: Any = None) 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        headers = None
+        if exc.code in ("rate_limited", "unavailable"):
+            retry = exc.details.get("retry_after", 5) if isinstance(exc.details, dict) else 5
+            headers = {"Retry-After": str(int(retry))}
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -39,6 +39,7 @@ def create(
     idempotency_scope: str | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    api_key_id: str | None = None,
 ) -> Job:
     """Insert a queued job row (the caller commits, then publishes)."""
     job = Job(
@@ -54,6 +55,7 @@ def create(
         cancel_requested=False,
         idempotency_scope=idempotency_scope,
         idempotency_key=idempotency_key,
+        api_key_id=api_key_id,
         request_hash=request_hash,
         created_at=utcnow(),
     )
@@ -73,6 +75,17 @@ def release_idempotency_key(session: Session, *, job: Job) -> None:
     job.idempotency_key = None
     job.idempotency_scope = None
     session.flush()
+
+
+def count_by_status(session: Session, *, api_key_id: str | None) -> dict[str, int]:
+    """Queued and running jobs of one API key (None: jobs submitted without a key)."""
+    owner = Job.api_key_id == api_key_id if api_key_id else Job.api_key_id.is_(None)
+    rows = session.execute(
+        select(Job.status, func.count())
+        .where(owner, Job.status.in_(("queued", "running")))
+        .group_by(Job.status)
+    )
+    return {status: int(count) for status, count in rows}
 
 
 def encode_cursor(job: Job) -> str:

@@ -48,6 +48,8 @@ class Job(Base):
     # The last checkpoint's files in the artifact store: {"generation", "files": {path: entry}}.
     checkpoint: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The API key that submitted the job (None when authentication is disabled).
+    api_key_id: Mapped[str | None] = mapped_column(ID, nullable=True)
     idempotency_scope: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -62,6 +64,7 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_kind_created_at", "kind", "created_at"),
         UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_jobs_idempotency"),
+        Index("ix_jobs_api_key_id_status", "api_key_id", "status"),
     )
 
 
@@ -135,3 +138,18 @@ class Dataset(Base):
         UniqueConstraint("sha256", "label_column", name="uq_datasets_sha256_label_column"),
         Index("ix_datasets_created_at_id", "created_at", "id"),
     )
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the secret is kept (the secret is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(ID, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

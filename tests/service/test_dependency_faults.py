@@ -88,3 +88,29 @@ def test_publish_to_a_dead_broker_returns_quickly(settings: Settings, timeout: f
     assert publisher.publish("some-job", queue="cpu") is False
     assert time.monotonic() - start < 5
     publisher.close()
+
+
+def test_jobs_lost_by_the_broker_are_published_again_once(settings: Settings) -> None:
+    """Redis flushed (or restarted without persistence) after publishing: the reconciler
+    finds queued jobs whose queue is empty and publishes them again — once."""
+    broker = "redis://127.0.0.1:6379/6"
+    conn = redis.Redis.from_url(broker)
+    conn.flushdb()
+    live = settings.model_copy(update={"broker_url": broker, "lost_message_grace": 0.01})
+    app = create_app(live, reconcile=False)
+    try:
+        with TestClient(app) as client:
+            job = submit(client, {"kind": "cooling", "name": "lost"})
+            publisher = app.state.publisher
+            assert publisher.queue_depth("cpu") == 1
+            time.sleep(0.05)
+            assert reconcile_once(app.state.sessions, publisher, live) == 0  # still there
+            conn.flushdb()  # the broker loses the message
+            assert publisher.queue_depth("cpu") == 0
+            assert reconcile_once(app.state.sessions, publisher, live) == 1
+            assert publisher.queue_depth("cpu") == 1
+            time.sleep(0.05)
+            assert reconcile_once(app.state.sessions, publisher, live) == 0
+            assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    finally:
+        conn.flushdb()

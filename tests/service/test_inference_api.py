@@ -135,3 +135,76 @@ def test_model_cache_evicts_by_count(client: TestClient, rows: list, settings) -
     for name in ("one", "two", "three"):
         assert client.post(f"/v1/models/{name}/score", json={"inputs": rows}).status_code == 200
     assert len(cache.loaded) == 2
+
+
+def npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_numpy_bodies_and_answers(client: TestClient) -> None:
+    import io
+
+    train(client, "autoencoder", name="binary")
+    x = load_builtin("breast_cancer").x[:50].astype(np.float32)
+    as_json = client.post("/v1/models/binary/score", json={"inputs": x.tolist()}).json()
+    response = client.post(
+        "/v1/models/binary/score",
+        content=npy(x),
+        headers={"content-type": "application/x-npy", "accept": "application/x-npy"},
+    )
+    assert response.headers["content-type"] == "application/x-npy"
+    scores = np.load(io.BytesIO(response.content))
+    np.testing.assert_allclose(scores, as_json["scores"], rtol=1e-6)
+    assert float(response.headers["X-Threshold"]) == pytest.approx(as_json["threshold"])
+    bundle = client.post(
+        "/v1/models/binary/score",
+        content=npy(x),
+        headers={"content-type": "application/x-npy", "accept": "application/x-npz"},
+    )
+    arrays = np.load(io.BytesIO(bundle.content))
+    assert set(arrays.files) == {"scores", "threshold", "is_anomaly"}
+    bad = client.post(
+        "/v1/models/binary/score", content=b"junk", headers={"content-type": "application/x-npy"}
+    )
+    assert bad.status_code == 422 and "npy" in bad.json()["error"]["message"]
+    pickled = np.array([object()], dtype=object)
+    import pickle
+
+    evil = io.BytesIO()
+    np.save(evil, pickled, allow_pickle=True)
+    refused = client.post(
+        "/v1/models/binary/score",
+        content=evil.getvalue(),
+        headers={"content-type": "application/x-npy"},
+    )
+    assert refused.status_code == 422
+    assert pickle  # the payload above is a pickle; it is never loaded
+
+
+def test_micro_batches_answer_like_single_requests() -> None:
+    import asyncio
+
+    from service.batching import Batcher
+
+    calls: list[int] = []
+
+    def compute(x: np.ndarray) -> dict[str, Any]:
+        calls.append(len(x))
+        return {"scores": x.sum(axis=1), "threshold": 1.5}
+
+    async def scenario() -> list[dict[str, Any]]:
+        batcher = Batcher(compute, max_rows=64, max_wait_s=0.005)
+        rows = [np.full((i % 3 + 1, 2), float(i)) for i in range(20)]
+        answers = await asyncio.gather(*(batcher.submit(r) for r in rows))
+        for r, answer in zip(rows, answers, strict=True):
+            np.testing.assert_array_equal(answer["scores"], r.sum(axis=1))
+            assert answer["threshold"] == 1.5
+        return answers
+
+    asyncio.run(scenario())
+    assert len(calls) < 20  # requests were combined
+    assert sum(calls) == sum(i % 3 + 1 for i in range(20))

@@ -1,26 +1,44 @@
-"""Model operations: encode, reconstruct, score, generate, predict.
+"""Model operations: encode, reconstruct, score, generate, predict, and pictures.
 
 Each answers 409 `unsupported_operation` (naming what the model serves) when the model's kind
 does not serve it, and 422 naming the expected shape when the rows do not fit the model.
-Inputs are raw rows: the model applies its own preprocessing.
+Inputs are raw rows: the model applies its own preprocessing. Rows come as JSON
+(`{"inputs": [[…]]}`) or as a NumPy array (`Content-Type: application/x-npy`); answers are JSON,
+or NumPy with `Accept: application/x-npy` (the main array) or `application/x-npz` (all arrays).
+Concurrent requests for one model are micro-batched (`THERMOML_BATCHING`).
 """
 
 from __future__ import annotations
 
+import io
+import json
+import time
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.serving import UnsupportedOperation
-from service.api.deps import SessionDep, SettingsDep, get_store
+from service.api.deps import get_store
 from service.db import models as model_repo
 from service.errors import ServiceError
 from service.inference import ModelCache, ModelInfo, to_json_array
 from service.schemas.common import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], responses=ERROR_RESPONSES)
+
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+PRIMARY = {
+    "encode": "latents",
+    "reconstruct": "reconstructions",
+    "score": "scores",
+    "predict": "clusters",
+    "generate": "samples",
+}
 
 
 def get_model_cache(request: Request) -> ModelCache:
@@ -54,7 +72,75 @@ class GenerateRequest(BaseModel):
     steps: int | None = Field(None, ge=1, description="Diffusion: sampling steps.")
 
 
-def _rows(raw: list[Any], info: ModelInfo, limit: int) -> np.ndarray:
+ROWS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": Rows.model_json_schema()},
+            NPY: {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or NumPy when asked with `Accept`",
+        "content": {"application/json": {}, NPY: {}, NPZ: {}},
+    }
+}
+
+
+async def _info(request: Request, ref: str) -> ModelInfo:
+    """The models row behind `ref`, reused for `model_ref_ttl` seconds."""
+    state = request.app.state
+    refs: dict[str, tuple[float, ModelInfo]] = state.__dict__.setdefault("model_refs", {})
+    now = time.monotonic()
+    hit = refs.get(ref)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+
+    def lookup() -> ModelInfo:
+        with state.sessions() as session:
+            return ModelInfo.of(model_repo.resolve(session, ref))
+
+    info = await run_in_threadpool(lookup)
+    refs[ref] = (now + state.settings.model_ref_ttl, info)
+    return info
+
+
+def forget_ref(request: Request, model_id: str) -> None:
+    refs = request.app.state.__dict__.get("model_refs", {})
+    for ref in [r for r, (_, info) in refs.items() if info.id == model_id]:
+        refs.pop(ref, None)
+
+
+def _check_serves(info: ModelInfo, ref: str, operation: str) -> None:
+    if operation not in info.capabilities:
+        raise ServiceError(
+            "unsupported_operation",
+            f"model {ref!r} ({info.kind}) does not serve {operation}; it serves "
+            f"{', '.join(info.capabilities) or 'nothing'}",
+            {"serves": info.capabilities},
+        )
+
+
+async def _read_rows(request: Request) -> np.ndarray | list[Any]:
+    body = await request.body()
+    if request.headers.get("content-type", "").split(";")[0].strip() == NPY:
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ServiceError("validation_error", f"the body is not a .npy array: {exc}") from None
+    try:
+        parsed = json.loads(body)
+        return Rows.model_validate(parsed).inputs
+    except ValueError as exc:  # json.JSONDecodeError and pydantic.ValidationError
+        message = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
+        raise ServiceError(
+            "validation_error", f'send {{"inputs": [[…], …]}} or an {NPY} body: {message}'
+        ) from None
+
+
+def _rows(raw: np.ndarray | list[Any], info: ModelInfo, limit: int) -> np.ndarray:
     if len(raw) > limit:
         raise ServiceError(
             "validation_error", f"{len(raw)} rows is more than the limit of {limit} per request"
@@ -69,6 +155,8 @@ def _rows(raw: list[Any], info: ModelInfo, limit: int) -> np.ndarray:
             {"expected_shape": expected},
         ) from None
     size = int(np.prod(expected)) if expected else 0
+    if x.ndim == 0 or len(x) == 0:
+        raise ServiceError("validation_error", "send at least one row")
     if list(x.shape[1:]) != expected:
         if x.ndim == 2 and x.shape[1] == size:
             x = x.reshape(len(x), *expected)
@@ -79,87 +167,94 @@ def _rows(raw: list[Any], info: ModelInfo, limit: int) -> np.ndarray:
                 f"{list(x.shape[1:])}",
                 {"expected_shape": expected, "got_shape": list(x.shape[1:])},
             )
-    if not np.isfinite(x).all():
-        bad = int(np.argwhere(~np.isfinite(x).reshape(len(x), -1).all(axis=1))[0][0])
+    finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
         raise ServiceError("validation_error", f"row {bad} holds a non-finite number")
     return x
 
 
-def _servable(session: Any, cache: ModelCache, ref: str, operation: str) -> tuple[Any, ModelInfo]:
-    info = ModelInfo.of(model_repo.resolve(session, ref))
-    session.close()  # the database is not needed while the model computes
-    if operation not in info.capabilities:
-        raise ServiceError(
-            "unsupported_operation",
-            f"model {ref!r} ({info.kind}) does not serve {operation}; it serves "
-            f"{', '.join(info.capabilities) or 'nothing'}",
-            {"serves": info.capabilities},
-        )
-    return cache.get(info), info
+def _respond(request: Request, operation: str, answer: dict[str, Any]) -> Response:
+    accept = request.headers.get("accept", "")
+    if NPZ in accept:
+        buffer = io.BytesIO()
+        arrays = {k: np.asarray(v) for k, v in answer.items() if v is not None}
+        np.savez(buffer, **arrays)
+        return Response(buffer.getvalue(), media_type=NPZ)
+    if NPY in accept:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(answer[PRIMARY[operation]]), allow_pickle=False)
+        headers = {
+            f"X-{k.replace('_', '-').title()}": str(to_json_array(v))
+            for k, v in answer.items()
+            if not isinstance(v, np.ndarray) and v is not None
+        }
+        return Response(buffer.getvalue(), media_type=NPY, headers=headers)
+    return JSONResponse({key: to_json_array(value) for key, value in answer.items()})
 
 
-def _answer(result: dict[str, Any]) -> dict[str, Any]:
-    return {key: to_json_array(value) for key, value in result.items()}
-
-
-def _infer(
-    session: Any, cache: ModelCache, settings: Any, ref: str, operation: str, body: Rows
-) -> dict[str, Any]:
-    servable, info = _servable(session, cache, ref, operation)
-    x = _rows(body.inputs, info, settings.max_inference_rows)
+async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) -> Response:
+    settings = request.app.state.settings
+    info = await _info(request, ref)
+    _check_serves(info, ref, operation)
+    x = _rows(await _read_rows(request), info, settings.max_inference_rows)
     try:
-        return _answer(servable.run(operation, x))
+        if settings.batching:
+            batcher = await run_in_threadpool(
+                cache.batcher, info, operation, settings.batch_max_rows, settings.batch_max_wait
+            )
+            answer = await batcher.submit(x)
+        else:
+            servable = await run_in_threadpool(cache.get, info)
+            answer = await run_in_threadpool(servable.run, operation, x)
     except UnsupportedOperation as exc:
         raise ServiceError("unsupported_operation", str(exc)) from exc
+    return _respond(request, operation, answer)
 
 
-@router.post("/{ref}/encode")
-def encode(
-    ref: str, body: Rows, session: SessionDep, cache: CacheDep, settings: SettingsDep
-) -> Any:
+@router.post("/{ref}/encode", openapi_extra=ROWS_BODY, responses=ANSWERS)
+async def encode(ref: str, request: Request, cache: CacheDep) -> Response:
     """`{"latents": [[…]]}`; a VAE's latents are the means, with `"log_variances"`."""
-    return _infer(session, cache, settings, ref, "encode", body)
+    return await _infer(request, cache, ref, "encode")
 
 
-@router.post("/{ref}/reconstruct")
-def reconstruct(
-    ref: str, body: Rows, session: SessionDep, cache: CacheDep, settings: SettingsDep
-) -> Any:
+@router.post("/{ref}/reconstruct", openapi_extra=ROWS_BODY, responses=ANSWERS)
+async def reconstruct(ref: str, request: Request, cache: CacheDep) -> Response:
     """`{"reconstructions": [[…]]}` in the data's raw units."""
-    return _infer(session, cache, settings, ref, "reconstruct", body)
+    return await _infer(request, cache, ref, "reconstruct")
 
 
-@router.post("/{ref}/score")
-def score(ref: str, body: Rows, session: SessionDep, cache: CacheDep, settings: SettingsDep) -> Any:
+@router.post("/{ref}/score", openapi_extra=ROWS_BODY, responses=ANSWERS)
+async def score(ref: str, request: Request, cache: CacheDep) -> Response:
     """Anomaly scores, the calibrated threshold, and `is_anomaly` per row."""
-    return _infer(session, cache, settings, ref, "score", body)
+    return await _infer(request, cache, ref, "score")
 
 
-@router.post("/{ref}/predict")
-def predict(
-    ref: str, body: Rows, session: SessionDep, cache: CacheDep, settings: SettingsDep
-) -> Any:
+@router.post("/{ref}/predict", openapi_extra=ROWS_BODY, responses=ANSWERS)
+async def predict(ref: str, request: Request, cache: CacheDep) -> Response:
     """Cluster ids, with probabilities or distances where the kind has them."""
-    return _infer(session, cache, settings, ref, "predict", body)
+    return await _infer(request, cache, ref, "predict")
 
 
-@router.post("/{ref}/generate")
-def generate(
-    ref: str, body: GenerateRequest, session: SessionDep, cache: CacheDep, settings: SettingsDep
-) -> Any:
+@router.post("/{ref}/generate", responses=ANSWERS)
+async def generate(ref: str, body: GenerateRequest, request: Request, cache: CacheDep) -> Response:
     """`{"samples": […]}` in the data's raw units; the same seed gives the same samples."""
+    settings = request.app.state.settings
     if body.n > settings.max_generate:
         raise ServiceError(
             "validation_error", f"n = {body.n} is more than the limit of {settings.max_generate}"
         )
-    servable, _ = _servable(session, cache, ref, "generate")
+    info = await _info(request, ref)
+    _check_serves(info, ref, "generate")
+    servable = await run_in_threadpool(cache.get, info)
     options = body.model_dump(exclude_none=True)
     try:
-        return _answer(servable.run("generate", None, **options))
+        answer = await run_in_threadpool(lambda: servable.run("generate", None, **options))
     except UnsupportedOperation as exc:
         raise ServiceError("unsupported_operation", str(exc)) from exc
     except ValueError as exc:
         raise ServiceError("validation_error", str(exc)) from exc
+    return _respond(request, "generate", answer)
 
 
 @router.get(
@@ -167,19 +262,23 @@ def generate(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "a PNG image"}},
 )
-def picture(ref: str, picture: str, session: SessionDep, cache: CacheDep) -> Response:
+async def picture(ref: str, picture: str, request: Request, cache: CacheDep) -> Response:
     """One of the pictures the model's kind draws (its `pictures` list: samples, embedding, …)."""
-    row = model_repo.resolve(session, ref)
-    info, available = ModelInfo.of(row), list(row.pictures or [])
-    session.close()
+
+    def lookup() -> tuple[ModelInfo, list[str]]:
+        with request.app.state.sessions() as session:
+            row = model_repo.resolve(session, ref)
+            return ModelInfo.of(row), list(row.pictures or [])
+
+    info, available = await run_in_threadpool(lookup)
     if picture not in available:
         raise ServiceError(
             "not_found",
             f"model {ref!r} has no picture {picture!r}; it has {', '.join(available) or 'none'}",
             {"pictures": available},
         )
-    servable = cache.get(info)
+    servable = await run_in_threadpool(cache.get, info)
     draw = getattr(servable, "picture", None)
     if draw is None:
         raise ServiceError("not_found", f"model {ref!r} draws no pictures")
-    return Response(draw(picture), media_type="image/png")
+    return Response(await run_in_threadpool(draw, picture), media_type="image/png")

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ml.spec import JobSpec
 from service import datasets
-from service.api.deps import PublisherDep, SessionDep, SettingsDep
+from service.api.deps import PrincipalDep, PublisherDep, SessionDep, SettingsDep
 from service.db import jobs as job_repo
 from service.db.base import new_id, utcnow
 from service.errors import ServiceError
@@ -31,7 +31,7 @@ IdempotencyKey = Annotated[
     ),
 ]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-IDEMPOTENCY_SCOPE = "global"  # per API key once authentication lands
+RETRY_AFTER_S = 5
 
 
 def _request_hash(spec: JobSpec) -> str:
@@ -46,6 +46,7 @@ def submit_job(
     publisher: PublisherDep,
     settings: SettingsDep,
     response: Response,
+    principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Accept a job: the row is committed as `queued` before it is published to the broker.
@@ -54,14 +55,16 @@ def submit_job(
     service publishes it when the broker is back.
     """
     request_hash = _request_hash(spec)
+    scope = principal.idempotency_scope
     if idempotency_key:
-        replay = _idempotent_replay(session, settings, idempotency_key, request_hash)
+        replay = _idempotent_replay(session, settings, scope, idempotency_key, request_hash)
         if replay is not None:
             response.headers["Idempotent-Replayed"] = "true"
             return replay
-    if spec.dataset is not None:
-        with session.begin():
+    with session.begin():
+        if spec.dataset is not None:
             datasets.check_ref(session, spec.dataset)
+        _check_caps(session, settings, principal.key_id)
     job_id = new_id()
     try:
         with session.begin():
@@ -73,14 +76,15 @@ def submit_job(
                 spec=spec.model_dump(mode="json"),
                 queue=spec.queue,
                 priority=spec.priority,
-                idempotency_scope=IDEMPOTENCY_SCOPE if idempotency_key else None,
+                idempotency_scope=scope if idempotency_key else None,
+                api_key_id=principal.key_id,
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
             )
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
         session.rollback()
-        replay = _idempotent_replay(session, settings, idempotency_key or "", request_hash)
+        replay = _idempotent_replay(session, settings, scope, idempotency_key or "", request_hash)
         if replay is None:
             raise
         response.headers["Idempotent-Replayed"] = "true"
@@ -92,9 +96,27 @@ def submit_job(
     return job_out(job)
 
 
-def _idempotent_replay(session: Any, settings: Any, key: str, request_hash: str) -> JobOut | None:
+def _check_caps(session: Any, settings: Any, key_id: str | None) -> None:
+    """429 when the caller already has too many running or queued jobs."""
+    counts = job_repo.count_by_status(session, api_key_id=key_id)
+    for status_name, cap in (
+        ("running", settings.max_running_jobs_per_key),
+        ("queued", settings.max_queued_jobs_per_key),
+    ):
+        if counts.get(status_name, 0) >= cap:
+            raise ServiceError(
+                "rate_limited",
+                f"this key already has {counts[status_name]} {status_name} jobs (the limit is "
+                f"{cap}); submit again when some have finished",
+                {"status": status_name, "limit": cap, "retry_after": RETRY_AFTER_S},
+            )
+
+
+def _idempotent_replay(
+    session: Any, settings: Any, scope: str, key: str, request_hash: str
+) -> JobOut | None:
     with session.begin():
-        existing = job_repo.find_idempotent(session, scope=IDEMPOTENCY_SCOPE, key=key)
+        existing = job_repo.find_idempotent(session, scope=scope, key=key)
         if existing is None:
             return None
         age = utcnow() - existing.created_at

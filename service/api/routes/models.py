@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from service.api.deps import SessionDep, StoreDep
+from service.api.routes.inference import forget_ref
 from service.db import models as model_repo
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelOut, ModelPage, model_out
@@ -47,4 +48,5 @@ def delete_model(ref: str, request: Request, session: SessionDep, store: StoreDe
     cache = getattr(request.app.state, "model_cache", None)
     if cache is not None:
         cache.discard(model.id)
+    forget_ref(request, model.id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

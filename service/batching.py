@@ -1,0 +1,103 @@
+"""Adaptive micro-batching of inference requests.
+
+Requests for one (model, operation) queue up while the model computes; when it is free, the
+waiting rows (up to `max_rows`) run as one compiled call and the answers are split back. Under
+light load a request runs at once (a batch of one); under heavy load batches grow by themselves.
+`max_wait_s` > 0 additionally holds a lone request back that long for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+
+Compute = Callable[[np.ndarray], dict[str, Any]]
+
+
+@dataclass
+class _Pending:
+    rows: np.ndarray
+    future: asyncio.Future[dict[str, Any]]
+
+
+@dataclass
+class Batcher:
+    compute: Compute
+    max_rows: int
+    max_wait_s: float
+    queue: list[_Pending] = field(default_factory=list)
+    busy: bool = False
+    batches: int = 0
+    rows: int = 0
+
+    async def submit(self, rows: np.ndarray) -> dict[str, Any]:
+        if len(rows) >= self.max_rows:  # already a batch: nothing to gain by waiting
+            return await run_in_threadpool(self.compute, rows)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.queue.append(_Pending(rows, future))
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                if self.max_wait_s > 0 and self._queued_rows() < self.max_rows:
+                    deadline = time.monotonic() + self.max_wait_s
+                    while self._queued_rows() < self.max_rows and time.monotonic() < deadline:
+                        await asyncio.sleep(min(0.0005, self.max_wait_s))
+                batch = self._take()
+                await self._run(batch)
+        finally:
+            self.busy = False
+
+    def _queued_rows(self) -> int:
+        return sum(len(p.rows) for p in self.queue)
+
+    def _take(self) -> list[_Pending]:
+        taken, total = [], 0
+        while self.queue and (not taken or total + len(self.queue[0].rows) <= self.max_rows):
+            pending = self.queue.pop(0)
+            taken.append(pending)
+            total += len(pending.rows)
+        return taken
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        batch = [p for p in batch if not p.future.cancelled()]
+        if not batch:
+            return
+        sizes = [len(p.rows) for p in batch]
+        rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
+        try:
+            answer = await run_in_threadpool(self.compute, rows)
+        except Exception as exc:  # every request of the batch gets the error
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.rows += len(rows)
+        for pending, part in zip(batch, split(answer, sizes), strict=True):
+            if not pending.future.done():
+                pending.future.set_result(part)
+
+
+def split(answer: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:
+    """Cut every per-row array of `answer` into `sizes`; other values go to every part."""
+    if len(sizes) == 1:
+        return [answer]
+    total = sum(sizes)
+    bounds = np.cumsum([0, *sizes])
+    parts: list[dict[str, Any]] = [{} for _ in sizes]
+    for key, value in answer.items():
+        per_row = isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total
+        for i, part in enumerate(parts):
+            part[key] = value[bounds[i] : bounds[i + 1]] if per_row else value
+    return parts
