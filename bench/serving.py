@@ -1,0 +1,333 @@
+"""Serving speed, side by side in one run: single-row latency against its floors and a naive
+service, batch throughput (JSON and NumPy bodies) against the in-process call, and 64
+concurrent clients with and without micro-batching.
+
+    python bench/serving.py [--quick]
+
+The HTTP floor is a no-op route of the same app (same middleware); the model floor is the
+loaded model's compiled call in this process (preprocessing included). The naive service is
+FastAPI + `model.predict` per request on the same Keras files. A "heavy" model (a
+convolutional autoencoder on 64x64 images) stands in for models whose compute dominates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import percentile, table, write_report  # noqa: E402
+
+THERMOML = str(Path(sys.executable).with_name("thermoml"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        args,
+        env={**os.environ, **env},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def api(work: Path, **env: str) -> Iterator[str]:
+    port = free_port()
+    base_env = {"THERMOML_DATA_DIR": str(work), **env}
+    with process([sys.executable, "bench/_serve.py", str(port)], base_env, work / "api.log"):
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/healthz")
+        yield url
+
+
+def train_models(work: Path, quick: bool) -> None:
+    """A tiny dense autoencoder (breast_cancer) and a heavy conv one (64x64 images)."""
+    rng = np.random.default_rng(0)
+    images = rng.random((256, 64, 64, 1)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    env = {"THERMOML_DATA_DIR": str(work)}
+    subprocess.run(
+        [THERMOML, "migrate"], env={**os.environ, **env}, check=True, capture_output=True
+    )
+    with (
+        process([THERMOML, "worker", "--queues", "cpu"], env, work / "worker.log"),
+        api(work) as url,
+    ):
+        client = httpx.Client(base_url=url, timeout=60)
+        upload = client.post("/v1/datasets", files={"file": ("images.npy", buffer.getvalue())})
+        upload.raise_for_status()
+        specs = [
+            {
+                "kind": "autoencoder",
+                "name": "tiny",
+                "dataset": "builtin:breast_cancer",
+                "training": {"epochs": 2},
+            },
+            {
+                "kind": "autoencoder",
+                "name": "heavy",
+                "dataset": upload.json()["id"],
+                "params": {"architecture": "conv", "hidden": [256], "latent_dim": 32},
+                "preprocessing": {"scale": "minmax"},
+                "training": {"epochs": 1},
+            },
+        ]
+        jobs = [client.post("/v1/jobs", json=spec).json()["id"] for spec in specs]
+        for job_id in jobs:
+            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in (
+                "queued",
+                "running",
+            ):
+                time.sleep(0.5)
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"training failed: {job['error']}")
+
+
+def in_process(work: Path, ref: str) -> Any:
+    os.environ["THERMOML_DATA_DIR"] = str(work)
+    from service.config import get_settings
+    from service.db import models as model_repo
+    from service.db.session import make_engine, make_sessionmaker
+    from service.inference import ModelCache, ModelInfo
+    from service.storage import ArtifactStore
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    with sessions() as session:
+        info = ModelInfo.of(model_repo.resolve(session, ref))
+    cache = ModelCache(settings, ArtifactStore.from_settings(settings))
+    return cache.get(info), info, cache
+
+
+def timed(fn: Any, n: int, warm: int = 20) -> list[float]:
+    for _ in range(warm):
+        fn()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def single_row(work: Path, n: int) -> dict[str, Any]:
+    servable, info, cache = in_process(work, "tiny")
+    row = np.random.default_rng(1).random((1, *info.input_shape)).astype(np.float32) * 10
+    body = {"inputs": row.tolist()}
+    model_floor = timed(lambda: servable.run("score", row), n)
+    naive_port = free_port()
+    model_files = cache.folder / info.id / info.sha256[:16]
+    results: dict[str, list[float]] = {"model floor (in-process call)": model_floor}
+    with api(work) as url, httpx.Client(base_url=url, timeout=30) as client:
+        results["HTTP floor (no-op route)"] = timed(
+            lambda: client.post("/_bench/noop", json=body), n
+        )
+        results["thermoml /score"] = timed(
+            lambda: client.post("/v1/models/tiny/score", json=body), n
+        )
+    naive_args = [sys.executable, "bench/_naive.py", str(naive_port), str(model_files)]
+    with process(naive_args, {}, work / "naive.log"):
+        url = f"http://127.0.0.1:{naive_port}"
+        wait_ready(f"{url}/docs")
+        with httpx.Client(base_url=url, timeout=30) as client:
+            results["naive FastAPI + model.predict"] = timed(
+                lambda: client.post("/score", json=body), max(50, n // 4)
+            )
+    p50 = {k: statistics.median(v) * 1000 for k, v in results.items()}
+    floors = p50["HTTP floor (no-op route)"] + p50["model floor (in-process call)"]
+    return {
+        "p50_ms": p50,
+        "p99_ms": {k: percentile(v, 99) * 1000 for k, v in results.items()},
+        "ratio_to_floors": p50["thermoml /score"] / floors,
+        "speedup_over_naive": p50["naive FastAPI + model.predict"] / p50["thermoml /score"],
+    }
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def throughput(work: Path, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+    servable, info, _ = in_process(work, "tiny")
+    rows = []
+    with api(work) as url, httpx.Client(base_url=url, timeout=300) as client:
+        for size in sizes:
+            x = np.random.default_rng(2).random((size, *info.input_shape)).astype(np.float32)
+            as_json, as_npy = {"inputs": x.tolist()}, npy(x)
+            headers = {"content-type": "application/x-npy", "accept": "application/x-npy"}
+            cases = {
+                "in-process": lambda x=x: servable.run("score", x),
+                "HTTP, NumPy body": lambda b=as_npy, h=headers: client.post(
+                    "/v1/models/tiny/score", content=b, headers=h
+                ),
+                "HTTP, JSON body": lambda b=as_json: client.post("/v1/models/tiny/score", json=b),
+            }
+            base = None
+            for name, fn in cases.items():
+                seconds = statistics.median(timed(fn, repeats, warm=1))
+                rate = size / seconds
+                base = base or rate
+                rows.append(
+                    {
+                        "rows": size,
+                        "path": name,
+                        "rows_per_s": rate,
+                        "fraction_of_in_process": rate / base,
+                    }
+                )
+    return rows
+
+
+async def hammer(
+    url: str, ref: str, row: list[list[float]], clients: int, seconds: float
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def one() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                response = await client.post(f"/v1/models/{ref}/score", json={"inputs": row})
+                if response.status_code != 200:
+                    errors += 1
+                latencies.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+    return {
+        "requests_per_s": len(latencies) / seconds,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "errors": errors,
+    }
+
+
+def concurrency(work: Path, clients: int, seconds: float) -> list[dict[str, Any]]:
+    rows = []
+    for ref in ("heavy", "tiny"):
+        _, info, _ = in_process(work, ref)
+        row = np.random.default_rng(3).random((1, *info.input_shape)).astype(np.float32).tolist()
+        for label, env in (
+            ("off", {"THERMOML_BATCHING": "false"}),
+            ("on, no wait", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0"}),
+            ("on, wait 2 ms", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0.002"}),
+            ("on, wait 10 ms", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0.01"}),
+        ):
+            with api(work, **env) as url:
+                asyncio.run(hammer(url, ref, row, 4, 1.0))  # load the model, compile
+                result = asyncio.run(hammer(url, ref, row, clients, seconds))
+            rows.append({"model": ref, "batching": label, **result})
+        base = next(r for r in rows if r["model"] == ref and r["batching"] == "off")
+        for r in rows:
+            if r["model"] == ref:
+                r["throughput_vs_off"] = r["requests_per_s"] / base["requests_per_s"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n, sizes, repeats, seconds = (
+        (40, [1000], 2, 2.0) if args.quick else (500, [1000, 100_000], 5, 10.0)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        train_models(work, args.quick)
+        latency = single_row(work, n)
+        batch = throughput(work, sizes, repeats)
+        concurrent = concurrency(work, 64, seconds)
+    print("single-row /score latency (ms)")
+    print(
+        table(
+            [
+                {"path": k, "p50_ms": v, "p99_ms": latency["p99_ms"][k]}
+                for k, v in latency["p50_ms"].items()
+            ],
+            ["path", "p50_ms", "p99_ms"],
+        )
+    )
+    print(
+        f"thermoml p50 / (HTTP floor + model floor) = {latency['ratio_to_floors']:.2f} "
+        f"(target <= 1.5); {latency['speedup_over_naive']:.1f}x the naive service "
+        "(target >= 10)"
+    )
+    print("\nbatch throughput")
+    print(table(batch, ["rows", "path", "rows_per_s", "fraction_of_in_process"]))
+    print("\n64 concurrent single-row clients")
+    print(
+        table(
+            concurrent,
+            [
+                "model",
+                "batching",
+                "requests_per_s",
+                "throughput_vs_off",
+                "p50_ms",
+                "p99_ms",
+                "errors",
+            ],
+        )
+    )
+    report = {"single_row": latency, "throughput": batch, "concurrency": concurrent}
+    print(f"wrote {write_report('serving', report)}")
+
+
+if __name__ == "__main__":
+    main()
