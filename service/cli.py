@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from service.client_cli import add_client_commands
 from service.config import Settings, get_settings
 
 log = logging.getLogger("thermoml")
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the latest revision")
     migrate.set_defaults(func=cmd_migrate)
+    add_client_commands(sub)
 
     from service.keys_cli import add_key_commands
 

@@ -147,9 +147,26 @@ class ModelCache:
             "calibration": info.calibration,
             "capabilities": info.capabilities,
         }
+        before = resident_bytes()
         servable = kind.load({k: Path(v) for k, v in files.items()}, meta)
-        log.info("model cache: loaded %s (%s)", info.id, info.kind)
-        return _Entry(servable, max(1, info.size_bytes) * MEMORY_PER_FILE_BYTE)
+        grown = resident_bytes() - before
+        # What the load really took (the first model also pays for TensorFlow itself, which
+        # eviction cannot give back: count at most 8x the files for it).
+        estimate = max(1, info.size_bytes) * MEMORY_PER_FILE_BYTE
+        size = max(estimate, min(grown, 8 * estimate)) if grown > 0 else estimate
+        log.info("model cache: loaded %s (%s, ~%d KiB)", info.id, info.kind, size // 1024)
+        return _Entry(servable, size)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux; 0 where /proc is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def to_json_array(values: Any) -> Any:

@@ -9,8 +9,20 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
+from service import prom
 from service.api import handlers
-from service.api.routes import datasets, health, inference, jobs, metrics, models, session
+from service.api.routes import (
+    dashboard,
+    datasets,
+    events,
+    health,
+    inference,
+    jobs,
+    metrics,
+    models,
+    plots,
+    session,
+)
 from service.auth import authenticate
 from service.config import Settings, get_settings
 from service.db import keys as key_repo
@@ -46,6 +58,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         try:
             yield
         finally:
+            await events.close_hub(app)
             if reconcile:
                 reconciler.stop()
             app.state.publisher.close()
@@ -64,7 +77,20 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.publisher = Publisher(settings)
     handlers.install(app)
-    for module in (health, jobs, metrics, datasets, models, inference, session):
+    prom.install(app)
+    for module in (
+        health,
+        jobs,
+        metrics,
+        datasets,
+        models,
+        inference,
+        events,
+        plots,
+        prom,
+        dashboard,
+        session,
+    ):
         app.include_router(module.router)
     logging.getLogger("thermoml").setLevel(logging.INFO)
     return app

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -60,7 +60,9 @@ def _respond(code: str, message: str, details: Any = None, headers: Any = None) 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        if exc.code == "unauthorized" and _wants_page(request):
+            return RedirectResponse("/signin", status_code=303)  # a person in a browser
         headers = None
         if exc.code in ("rate_limited", "unavailable"):
             retry = exc.details.get("retry_after", 5) if isinstance(exc.details, dict) else 5
@@ -99,6 +101,15 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return _respond("internal", "internal error; it has been logged")
+
+
+def _wants_page(request: Request) -> bool:
+    path = request.url.path
+    return (
+        request.method == "GET"
+        and not path.startswith("/v1/")
+        and "text/html" in request.headers.get("accept", "")
+    )
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:

@@ -139,3 +139,18 @@ def test_per_key_caps_answer_429_with_retry_after(settings: Settings) -> None:
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "5"
         assert "2 queued jobs" in refused.json()["error"]["message"]
+
+
+def test_a_browser_without_a_key_is_sent_to_sign_in(
+    secured: tuple[TestClient, dict[str, str]],
+) -> None:
+    client, keys = secured
+    page = client.get("/", headers={"accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/signin"
+    api = client.get("/v1/jobs", headers={"accept": "text/html"}, follow_redirects=False)
+    assert api.status_code == 401  # API paths answer in the error envelope
+    signed = client.post(
+        "/v1/session", data={"key": keys["read"], "next": "/"}, follow_redirects=False
+    )
+    assert signed.status_code == 303 and signed.headers["location"] == "/"
+    assert client.get("/", headers={"accept": "text/html"}).status_code == 200

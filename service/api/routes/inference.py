@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.serving import UnsupportedOperation
+from service import prom
 from service.api.deps import get_store
 from service.db import models as model_repo
 from service.errors import ServiceError
@@ -198,6 +199,7 @@ async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) 
     info = await _info(request, ref)
     _check_serves(info, ref, operation)
     x = _rows(await _read_rows(request), info, settings.max_inference_rows)
+    started = time.perf_counter()
     try:
         if settings.batching:
             batcher = await run_in_threadpool(
@@ -209,6 +211,7 @@ async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) 
             answer = await run_in_threadpool(servable.run, operation, x)
     except UnsupportedOperation as exc:
         raise ServiceError("unsupported_operation", str(exc)) from exc
+    prom.observe_inference(info.kind, len(x), time.perf_counter() - started)
     return _respond(request, operation, answer)
 
 
@@ -248,12 +251,14 @@ async def generate(ref: str, body: GenerateRequest, request: Request, cache: Cac
     _check_serves(info, ref, "generate")
     servable = await run_in_threadpool(cache.get, info)
     options = body.model_dump(exclude_none=True)
+    started = time.perf_counter()
     try:
         answer = await run_in_threadpool(lambda: servable.run("generate", None, **options))
     except UnsupportedOperation as exc:
         raise ServiceError("unsupported_operation", str(exc)) from exc
     except ValueError as exc:
         raise ServiceError("validation_error", str(exc)) from exc
+    prom.observe_inference(info.kind, body.n, time.perf_counter() - started)
     return _respond(request, "generate", answer)
 
 

@@ -1,0 +1,174 @@
+"""Kind `annealing`: deterministic annealing clustering (Rose 1998), mass-constrained. Its metric
+history is a cooling curve (distortion, entropy, mutual information, free energy, heat capacity per
+temperature); the model records where clusters split next to the predicted critical temperatures,
+and predicts clusters and Gibbs probabilities at the final temperature."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ml.registry import register_kind
+from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.serving import Servable
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+
+
+class AnnealingParams(StrictModel):
+    max_clusters: int = Field(
+        8, ge=1, le=1000, description="Code vectors are duplicated only while there are fewer."
+    )
+    t_min: float | None = Field(
+        None,
+        gt=0,
+        description="Stop cooling below this temperature (squared distance in the scaled "
+        "space); default 1e-3 × the first critical temperature 2 λ_max(Cov X).",
+    )
+    cooling_rate: float = Field(0.9, gt=0, lt=1, description="T ← cooling_rate · T per step.")
+    t_start: float | None = Field(
+        None,
+        gt=0,
+        description="First temperature; default 1.05 × the first critical temperature, just "
+        "above it.",
+    )
+    perturbation: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="Displacement of a duplicated code vector, as a fraction of the data's "
+        "spread (root mean feature variance); copies closer than it are merged.",
+    )
+    max_iter: int = Field(300, ge=1, le=100_000, description="Fixed-point iterations per T.")
+    seed: int = Field(0, ge=0, lt=2**31, description="Directions of the perturbations.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AnnealingParams:
+        if self.t_start is not None and self.t_min is not None and self.t_min > self.t_start:
+            raise ValueError(f"t_min ({self.t_min}) is above t_start ({self.t_start})")
+        steps = 0.0
+        if self.t_start is not None and self.t_min is not None:
+            steps = math.log(self.t_min / self.t_start) / math.log(self.cooling_rate)
+        if steps > 10_000:
+            raise ValueError(
+                f"cooling from t_start to t_min at cooling_rate {self.cooling_rate} takes "
+                f"{steps:.0f} temperatures; at most 10000"
+            )
+        return self
+
+
+class AnnealingSpec(JobSpec):
+    kind: Literal["annealing"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: AnnealingParams = Field(default_factory=AnnealingParams)
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+
+AnnealingSpec.example = {
+    "kind": "annealing",
+    "name": "eight-gaussians-annealing",
+    "dataset": "builtin:eight_gaussians",
+    "params": {"max_clusters": 8, "cooling_rate": 0.9, "perturbation": 0.01, "seed": 0},
+    "preprocessing": {"scale": "standard"},
+}
+
+SERVES = frozenset({"predict"})
+
+
+def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+    from ml.kmeans import CentroidServable
+
+    return CentroidServable(files, meta)
+
+
+@register_kind(
+    name="annealing",
+    spec=AnnealingSpec,
+    summary="Deterministic annealing clustering: phase transitions of a cooling codebook.",
+    category="model",
+    serves=SERVES,
+    load=load,
+)
+def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    import numpy as np
+
+    from ml import annealing, clustering
+    from ml.kmeans import save_centroids
+
+    p = spec.params
+    data = clustering.prepare(spec, context, p.max_clusters, "max_clusters")
+    previous: list[annealing.State] = []
+
+    def record(step: int, state: annealing.State, sofar: annealing.Annealed) -> None:
+        values = {
+            "temperature": state.temperature,
+            "distortion": state.distortion,
+            "entropy": state.entropy,
+            "mutual_information": state.mutual_information,
+            "free_energy": state.free_energy,
+            "n_clusters": state.n_clusters,
+            "iterations": state.iterations,
+        }
+        if previous:
+            values["heat_capacity"] = annealing.heat_capacity(previous[-1], state)
+        previous.append(state)
+        reporter.metrics(step, values)
+        cooled = math.log(sofar.t_start / state.temperature)
+        total = math.log(sofar.t_start / sofar.t_min)
+        fraction = min(1.0, cooled / total) if total > 0 else 1.0
+        reporter.progress(fraction, temperature=state.temperature, n_clusters=state.n_clusters)
+
+    try:
+        result = annealing.anneal(
+            data.x,
+            max_clusters=p.max_clusters,
+            cooling_rate=p.cooling_rate,
+            t_start=p.t_start,
+            t_min=p.t_min,
+            perturbation=p.perturbation,
+            max_iter=p.max_iter,
+            seed=p.seed,
+            on_state=record,
+        )
+    except ValueError as exc:  # a schedule too long for the data's own temperature scale
+        raise JobFailed("invalid_data", str(exc)) from exc
+    book = result.codebook
+    clusters = annealing.assignments(data.x, book, result.temperature).argmax(axis=1)
+    scores = clustering.scores(data.labels, clusters)
+    path = save_centroids(
+        context.workdir / "model",
+        book.y,
+        log_weights=np.log(book.p).astype(np.float32),
+        temperature=np.float64(result.temperature),
+    )
+    final = result.states[-1]
+    transitions = [t.as_dict() for t in result.transitions]
+    evaluation = {
+        **scores,
+        "phase_transitions": transitions,
+        "final_temperature": result.temperature,
+        "first_critical_temperature": result.first_critical_temperature,
+        "distortion": final.distortion,
+    }
+    model = ModelOutcome(
+        files={"centroids": path},
+        input_shape=list(data.feature_shape),
+        capabilities=sorted(SERVES),
+        preprocessing=data.scaler.to_dict(),
+        calibration={"temperature": result.temperature},
+        evaluation=evaluation,
+    )
+    outcome = {
+        **annealing.summary(result),
+        **scores,
+        "phase_transitions": transitions,
+        "free_energy": final.free_energy,
+        "distortion": final.distortion,
+        "mutual_information": final.mutual_information,
+        "cluster_sizes": clustering.sizes(clusters, book.k),
+        "rows": data.rows,
+        "energy_units": "squared euclidean distance in the scaled space",
+    }
+    return RunOutcome(result=outcome, device="cpu", model=model)

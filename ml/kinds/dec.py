@@ -1,0 +1,101 @@
+"""Kind `dec`: deep embedded clustering (Xie, Girshick & Farhadi 2016). An autoencoder is
+pre-trained, k-means runs in its latent space, then the encoder and the cluster centres are
+refined together on KL(P‖Q) through the shared trainer (with its thermodynamic telemetry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ml.kinds.autoencoder import Activation
+from ml.registry import register_kind
+from ml.reporting import Reporter, RunContext, RunOutcome
+from ml.serving import Servable
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.training_config import TrainingConfig
+
+
+class DecParams(StrictModel):
+    n_clusters: int = Field(10, ge=1, le=1000, description="k; at most the number of rows.")
+    latent_dim: int = Field(10, ge=1, le=4096, description="Size of the embedding z.")
+    hidden: list[int] = Field(
+        default_factory=lambda: [256, 64],
+        max_length=8,
+        description="Encoder layer sizes (the decoder mirrors them).",
+    )
+    activation: Activation = "relu"
+    pretrain_epochs: int = Field(
+        50, ge=0, le=100_000, description="Autoencoder epochs before clustering (0: none)."
+    )
+    alpha: float = Field(
+        1.0, gt=0, le=1000, description="Degrees of freedom of the Student-t soft assignment."
+    )
+    update_interval: int = Field(
+        1, ge=1, le=1000, description="Epochs between two updates of the target distribution P."
+    )
+    tol: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="Stop refining when fewer than this fraction of rows change cluster "
+        "between two target updates.",
+    )
+    n_init: int = Field(10, ge=1, le=1000, description="k-means restarts in the latent space.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DecParams:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError("hidden layer sizes must be positive")
+        return self
+
+
+class DecSpec(JobSpec):
+    kind: Literal["dec"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: DecParams = Field(default_factory=DecParams)
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="Both phases; `epochs` is the refinement's (pre-training runs "
+        "`params.pretrain_epochs`). Every row is clustered: `validation_split` is not used.",
+    )
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+
+DecSpec.example = {
+    "kind": "dec",
+    "name": "digits-dec",
+    "dataset": "builtin:digits",
+    "params": {
+        "n_clusters": 10,
+        "latent_dim": 10,
+        "hidden": [128, 64],
+        "pretrain_epochs": 15,
+        "alpha": 1.0,
+    },
+    "preprocessing": {"scale": "minmax"},
+    "training": {"epochs": 10, "batch_size": 128, "seed": 0},
+}
+
+SERVES = frozenset({"encode", "predict"})
+
+
+def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+    from ml.deep_clustering import DecServable
+
+    return DecServable(files, meta)
+
+
+@register_kind(
+    name="dec",
+    spec=DecSpec,
+    summary="Deep embedded clustering: encodes rows and predicts soft cluster assignments.",
+    category="model",
+    serves=SERVES,
+    load=load,
+)
+def run(spec: DecSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.deep_clustering import train_dec
+
+    return train_dec(spec, reporter, context)

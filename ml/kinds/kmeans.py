@@ -1,0 +1,99 @@
+"""Kind `kmeans`: k-means++ seeding, `n_init` restarts of Lloyd's iterations in TensorFlow; the
+model is the best restart's centroids, and it predicts clusters and squared distances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ml.registry import register_kind
+from ml.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.serving import Servable
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+
+
+class KMeansParams(StrictModel):
+    n_clusters: int = Field(8, ge=1, le=10_000, description="k; at most the number of rows.")
+    n_init: int = Field(10, ge=1, le=1000, description="Restarts; the lowest inertia wins.")
+    max_iter: int = Field(300, ge=1, le=100_000, description="Lloyd iterations per restart.")
+    tol: float = Field(
+        1e-4,
+        ge=0,
+        description="Stop when the centroids move less than tol × the mean feature variance "
+        "(squared, summed over centroids), or when no assignment changes.",
+    )
+    seed: int = Field(0, ge=0, lt=2**31, description="Same seed, same centroids.")
+
+
+class KMeansSpec(JobSpec):
+    kind: Literal["kmeans"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: KMeansParams = Field(default_factory=KMeansParams)
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+
+KMeansSpec.example = {
+    "kind": "kmeans",
+    "name": "eight-gaussians-kmeans",
+    "dataset": "builtin:eight_gaussians",
+    "params": {"n_clusters": 8, "n_init": 10, "max_iter": 300, "tol": 1e-4, "seed": 0},
+    "preprocessing": {"scale": "standard"},
+}
+
+SERVES = frozenset({"predict"})
+
+
+def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+    from ml.kmeans import CentroidServable
+
+    return CentroidServable(files, meta)
+
+
+@register_kind(
+    name="kmeans",
+    spec=KMeansSpec,
+    summary="k-means clustering (k-means++, restarts); predicts clusters and distances.",
+    category="model",
+    serves=SERVES,
+    load=load,
+)
+def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml import clustering
+    from ml.kmeans import KMeans, KMeansRun, save_centroids
+    from ml.training import device_name
+
+    p = spec.params
+    data = clustering.prepare(spec, context, p.n_clusters)
+    steps = 0
+
+    def record(run: KMeansRun) -> None:
+        # Steps run on across restarts: restart r's iterations follow restart r − 1's.
+        nonlocal steps
+        for value in run.history:
+            steps += 1
+            reporter.metrics(steps, {"inertia": value, "restart": run.restart})
+        reporter.metrics(steps, {"restart_inertia": run.inertia})
+        reporter.progress((run.restart + 1) / p.n_init, restart=run.restart + 1, step=steps)
+
+    kmeans = KMeans(p.n_clusters, data.x.shape[1], max_iter=p.max_iter)
+    best = kmeans.fit(data.x, n_init=p.n_init, tol=p.tol, seed=p.seed, on_restart=record)
+    scores = clustering.scores(data.labels, best.labels)
+    path = save_centroids(context.workdir / "model", best.centroids)
+    summary = {
+        "inertia": best.inertia,
+        "n_iter": best.n_iter,
+        "converged": best.converged,
+        "best_restart": best.restart,
+        "cluster_sizes": clustering.sizes(best.labels, p.n_clusters),
+    }
+    model = ModelOutcome(
+        files={"centroids": path},
+        input_shape=list(data.feature_shape),
+        capabilities=sorted(SERVES),
+        preprocessing=data.scaler.to_dict(),
+        evaluation={**scores, "inertia": best.inertia},
+    )
+    result = {**summary, **scores, "rows": data.rows, "distance": "squared euclidean, scaled"}
+    return RunOutcome(result=result, device=device_name(), model=model)

@@ -1,0 +1,215 @@
+"""The dashboard: server-rendered pages over the same data as the API, no external assets.
+
+`/` jobs, `/jobs/{id}` one job (its plots follow the job live through its event stream),
+`/models` and `/models/{ref}` (evaluation and pictures); `/static/*` serves the page assets.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import jinja2
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import func, select
+
+from service.api.deps import SessionDep
+from service.db import jobs as job_repo
+from service.db import models as model_repo
+from service.db.jobs import STATUSES, TERMINAL
+from service.db.tables import MetricPoint
+from service.errors import ServiceError
+from service.events import ID_SCALE
+from service.schemas.jobs import job_out
+from service.schemas.models import model_out
+
+router = APIRouter(include_in_schema=False)
+
+STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
+PICTURE_ORDER = ("samples",)  # the sample grid first, then the kind's other pictures
+
+
+@lru_cache
+def _templates() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("service.dashboard", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _when
+    env.filters["percent"] = lambda p: f"{100 * float((p or {}).get('fraction') or 0):.0f}"
+    env.filters["progress_text"] = _progress_text
+    env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    env.filters["number"] = _number
+    return env
+
+
+def _when(value: Any) -> str:
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _progress_text(progress: dict[str, Any] | None) -> str:
+    progress = progress or {}
+    parts = [f"{100 * float(progress.get('fraction') or 0):.0f}%"]
+    if progress.get("epoch") is not None:
+        epochs = f"/{progress['epochs']}" if progress.get("epochs") else ""
+        parts.append(f"epoch {progress['epoch']}{epochs}")
+    if progress.get("step") is not None:
+        total = f"/{progress['total_steps']}" if progress.get("total_steps") else ""
+        parts.append(f"step {progress['step']}{total}")
+    return " · ".join(parts)
+
+
+def _page(template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates().get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-cache"})
+
+
+def _not_found(exc: ServiceError) -> HTMLResponse:
+    return _page("not_found.html", 404, title="Not found", message=exc.message)
+
+
+@router.get("/", response_class=HTMLResponse)
+def jobs_page(
+    session: SessionDep,
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
+    kind: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> HTMLResponse:
+    """The job list, newest first; the page refreshes its rows from `GET /v1/jobs`."""
+    jobs, next_cursor = job_repo.list_page(
+        session, status=status, kind=kind, limit=limit, cursor=cursor
+    )
+    query = {k: v for k, v in (("status", status), ("kind", kind), ("limit", limit)) if v}
+    if cursor:
+        query["cursor"] = cursor
+    return _page(
+        "jobs.html",
+        title="Jobs",
+        jobs=[job_out(j) for j in jobs],
+        statuses=STATUSES,
+        status=status,
+        kind=kind,
+        next_cursor=next_cursor,
+        api_query=query,
+    )
+
+
+def _latest_values(session: SessionDep, job_id: str) -> dict[str, tuple[int, float | None]]:
+    newest = (
+        select(func.max(MetricPoint.id))
+        .where(MetricPoint.job_id == job_id)
+        .group_by(MetricPoint.name)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(MetricPoint.name, MetricPoint.step, MetricPoint.value).where(
+            MetricPoint.id.in_(newest)
+        )
+    )
+    return {name: (step, value) for name, step, value in sorted(rows)}
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: str, session: SessionDep) -> HTMLResponse:
+    """One job: status, progress, its metric plots (updated live), result and spec."""
+    try:
+        job = job_out(job_repo.get(session, job_id=job_id))
+    except ServiceError as exc:
+        return _not_found(exc)
+    cursor = session.scalar(select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id))
+    page_data = {
+        "id": job.id,
+        "status": job.status,
+        "ended": job.status in TERMINAL,
+        "events": f"/v1/jobs/{job.id}/events",
+        "last_event_id": int(cursor or 0) * ID_SCALE,
+        "plot": f"/v1/jobs/{job.id}/metrics.png",
+    }
+    return _page(
+        "job.html",
+        title=f"Job {job.name}",
+        job=job,
+        latest=_latest_values(session, job_id),
+        page_data=page_data,
+    )
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(
+    session: SessionDep,
+    kind: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> HTMLResponse:
+    """The model registry, newest first."""
+    models, next_cursor = model_repo.list_page(
+        session, name=None, kind=kind, limit=limit, cursor=cursor
+    )
+    return _page(
+        "models.html",
+        title="Models",
+        models=[model_out(m) for m in models],
+        next_cursor=next_cursor,
+        kind=kind,
+    )
+
+
+@router.get("/models/{ref}", response_class=HTMLResponse)
+def model_page(ref: str, session: SessionDep) -> HTMLResponse:
+    """One model: what it serves, its evaluation and calibration, and its pictures."""
+    try:
+        model = model_out(model_repo.resolve(session, ref))
+    except ServiceError as exc:
+        return _not_found(exc)
+    pictures = sorted(
+        model.pictures,
+        key=lambda p: (PICTURE_ORDER.index(p) if p in PICTURE_ORDER else len(PICTURE_ORDER), p),
+    )
+    return _page("model.html", title=f"Model {model.name}", model=model, pictures=pictures)
+
+
+@lru_cache
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    folder = resources.files("service.dashboard") / "static"
+    files = {}
+    for entry in folder.iterdir():
+        suffix = "." + entry.name.rsplit(".", 1)[-1]
+        if entry.is_file() and suffix in STATIC_TYPES:
+            files[entry.name] = (entry.read_bytes(), STATIC_TYPES[suffix])
+    return files
+
+
+@router.get("/static/{name}")
+def static_file(name: str) -> Response:
+    """The dashboard's own assets (no page loads anything from another host)."""
+    found = _static_files().get(name)
+    if found is None:
+        raise ServiceError("not_found", f"no static file {name!r}")
+    body, media_type = found
+    return Response(body, media_type=media_type, headers={"Cache-Control": "public, max-age=300"})
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    body, media_type = _static_files()["favicon.svg"]
+    return Response(body, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})

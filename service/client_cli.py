@@ -1,0 +1,472 @@
+"""The client side of the `thermoml` command: talk to a running server over HTTP.
+
+`thermoml submit spec.json [--wait]`, `jobs`, `watch JOB`, `metrics JOB [--csv]`, `models`,
+`score MODEL file.csv`. The server is `--server` or `THERMOML_SERVER` (default
+http://127.0.0.1:8000), the key `--api-key` or `THERMOML_API_KEY`, sent as a Bearer token. Errors
+print the server's own message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+# Shown next to the progress bar when the job records them, in this order (at most three).
+KEY_METRICS = (
+    "loss",
+    "val_loss",
+    "internal_energy",
+    "free_energy",
+    "temperature",
+    "temperature_noise",
+    "energy_per_spin",
+    "mean_energy",
+    "mean_work",
+    "entropy_production",
+    "heat",
+)
+SCORE_BATCH_ROWS = 5000
+RECONNECTS = 20
+
+
+class ClientError(Exception):
+    """Something to tell the user in one line (exit code 1)."""
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+class Api:
+    def __init__(
+        self,
+        server: str,
+        api_key: str | None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json", "User-Agent": "thermoml-cli"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.server = server.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.server, headers=headers, timeout=timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ClientError(f"cannot reach thermoml at {self.server}: {exc}") from None
+        if response.status_code >= 400:
+            raise ClientError(error_message(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The job's server-sent events until `end`, reconnecting with Last-Event-ID."""
+        last_id: str | None = None
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(30.0, read=None),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ClientError(error_message(response))
+                    for event_id, kind, data in parse_sse(response.iter_lines()):
+                        failures = 0
+                        if event_id is not None:
+                            last_id = event_id
+                        yield kind, data
+                        if kind == "end":
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > RECONNECTS:
+                    raise ClientError(f"lost the event stream of job {job_id}: {exc}") from None
+            else:
+                failures += 1  # the server closed the stream before `end` (e.g. a restart)
+                if failures > RECONNECTS:
+                    raise ClientError(f"the event stream of job {job_id} keeps closing")
+            time.sleep(min(5.0, 0.2 * 2**failures))
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own words: the error envelope's message, or the status line."""
+    try:
+        error = response.json().get("error") or {}
+        message = error.get("message")
+        if message:
+            return f"{message} ({error.get('code', response.status_code)})"
+    except (ValueError, AttributeError):
+        pass
+    text = response.text.strip()[:300]
+    return f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str, dict[str, Any]]]:
+    """(id, event, data) of each event of a text/event-stream."""
+    event_id: str | None = None
+    kind = "message"
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                yield event_id, kind, json.loads("\n".join(data))
+            kind, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "id":
+            event_id = value
+        elif name == "event":
+            kind = value
+        elif name == "data":
+            data.append(value)
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """One line redrawn in place on a terminal; a line per change of status otherwise."""
+
+    def __init__(self, job: dict[str, Any], out: TextIO) -> None:
+        self.job = job
+        self.out = out
+        self.tty = out.isatty()
+        self.status = job.get("status", "queued")
+        self.progress: dict[str, Any] = dict(job.get("progress") or {})
+        self.latest: dict[str, float | None] = {}
+        self._last_line = 0.0
+        self._printed_status: str | None = None
+
+    def update(self, kind: str, data: dict[str, Any]) -> None:
+        if kind in ("status", "end"):
+            self.status = data["status"]
+        elif kind == "progress":
+            self.progress = data
+        elif kind == "metrics":
+            for name, series in data.get("series", {}).items():
+                if series["values"]:
+                    self.latest[name] = series["values"][-1]
+        self.draw(force=kind in ("status", "end"))
+
+    def line(self) -> str:
+        fraction = max(0.0, min(1.0, float(self.progress.get("fraction") or 0.0)))
+        width = 24
+        filled = round(fraction * width)
+        bar = "#" * filled + "." * (width - filled)
+        parts = [f"[{bar}] {100 * fraction:5.1f}%", self.status]
+        p = self.progress
+        if p.get("epoch") is not None:
+            parts.append(f"epoch {p['epoch']}" + (f"/{p['epochs']}" if p.get("epochs") else ""))
+        if p.get("step") is not None:
+            total = f"/{p['total_steps']}" if p.get("total_steps") else ""
+            parts.append(f"step {p['step']}{total}")
+        shown = [n for n in KEY_METRICS if n in self.latest][:3]
+        parts += [f"{n} {format_number(self.latest[n])}" for n in shown]
+        return "  ".join(parts)
+
+    def draw(self, force: bool = False) -> None:
+        if self.tty:
+            columns = shutil.get_terminal_size((100, 20)).columns
+            self.out.write("\r" + self.line()[: columns - 1].ljust(columns - 1))
+            self.out.flush()
+            return
+        now = time.monotonic()
+        if (force and self._printed_status != self.status) or now - self._last_line >= 5.0:
+            self._printed_status = self.status
+            self._last_line = now
+            print(self.line(), file=self.out, flush=True)
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def format_number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "nan"
+    return f"{value:.4g}"
+
+
+def follow(api: Api, job_id: str, out: TextIO) -> dict[str, Any]:
+    """Draw the job's progress until it ends; the job as the server finally reports it."""
+    job = api.json("GET", f"/v1/jobs/{job_id}")
+    bar = ProgressBar(job, out)
+    bar.draw(force=True)
+    try:
+        for kind, data in api.events(job_id):
+            bar.update(kind, data)
+    finally:
+        bar.finish()
+    return dict(api.json("GET", f"/v1/jobs/{job_id}"))
+
+
+def report_end(job: dict[str, Any]) -> int:
+    """Print how the job ended; 0 if it succeeded."""
+    status = job["status"]
+    print(f"job {job['id']} {status}")
+    if job.get("error"):
+        print(f"error: {job['error']['code']}: {job['error']['message']}", file=sys.stderr)
+    if job.get("model_id"):
+        print(f"model: {job['model_id']}")
+    if job.get("result"):
+        print(json.dumps(job["result"], indent=2, sort_keys=True))
+    return 0 if status == "succeeded" else 1
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _api(args: argparse.Namespace) -> Api:
+    return Api(args.server, args.api_key)
+
+
+def cmd_submit(args: argparse.Namespace, api: Api) -> int:
+    path = Path(args.spec)
+    try:
+        spec = json.loads(sys.stdin.read() if args.spec == "-" else path.read_text())
+    except OSError as exc:
+        raise ClientError(f"cannot read {args.spec}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"{args.spec} is not JSON: {exc}") from None
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    job = api.json("POST", "/v1/jobs", json=spec, headers=headers)
+    print(f"submitted job {job['id']} ({job['kind']}, {job['name']})")
+    print(f"dashboard: {api.server}/jobs/{job['id']}")
+    if not args.wait:
+        return 0
+    return report_end(follow(api, job["id"], sys.stderr))
+
+
+def cmd_watch(args: argparse.Namespace, api: Api) -> int:
+    return report_end(follow(api, args.job, sys.stderr))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def cmd_jobs(args: argparse.Namespace, api: Api) -> int:
+    params = {"limit": args.limit, "status": args.status, "kind": args.kind}
+    page = api.json("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    rows = [
+        [
+            job["id"],
+            job["name"],
+            job["kind"],
+            job["status"],
+            f"{100 * float((job.get('progress') or {}).get('fraction') or 0):.0f}%",
+            job["created_at"][:19].replace("T", " "),
+        ]
+        for job in page["items"]
+    ]
+    print(_table(rows, ["id", "name", "kind", "status", "progress", "created"]))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, api: Api) -> int:
+    params: dict[str, Any] = {}
+    if args.names:
+        params["names"] = args.names
+    if args.csv:
+        params["format"] = "csv"
+        sys.stdout.write(api.request("GET", f"/v1/jobs/{args.job}/metrics", params=params).text)
+        return 0
+    body = api.json("GET", f"/v1/jobs/{args.job}/metrics", params=params)
+    print(json.dumps(body, indent=2) if args.json else _metrics_summary(body["series"]))
+    return 0
+
+
+def _metrics_summary(series: dict[str, dict[str, list[Any]]]) -> str:
+    rows = []
+    for name in sorted(series):
+        steps, values = series[name]["steps"], series[name]["values"]
+        if steps:
+            rows.append([name, str(len(steps)), str(steps[-1]), format_number(values[-1])])
+    return _table(rows, ["metric", "points", "last step", "last value"])
+
+
+def cmd_models(args: argparse.Namespace, api: Api) -> int:
+    params = {"limit": args.limit, "kind": args.kind, "name": args.name}
+    page = api.json("GET", "/v1/models", params={k: v for k, v in params.items() if v})
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    rows = [
+        [
+            m["id"],
+            f"{m['name']}@{m['version']}",
+            m["kind"],
+            ",".join(m["capabilities"]),
+            m["created_at"][:19].replace("T", " "),
+        ]
+        for m in page["items"]
+    ]
+    print(_table(rows, ["id", "model", "kind", "serves", "created"]))
+    return 0
+
+
+def read_rows(path: str, *, label_column: str | None = None) -> list[list[float]]:
+    """Numeric rows of a CSV file; a first line that is not numbers is taken as the header."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if not records:
+        raise ClientError(f"{path} holds no rows")
+    header: list[str] | None = None
+    try:
+        [float(c) for c in records[0]]
+    except ValueError:
+        header, records = records[0], records[1:]
+    drop = None
+    if label_column is not None:
+        if header is None or label_column not in header:
+            raise ClientError(f"{path} has no column {label_column!r}")
+        drop = header.index(label_column)
+    rows = []
+    for number, record in enumerate(records, start=2 if header else 1):
+        cells = [c for i, c in enumerate(record) if i != drop]
+        try:
+            rows.append([float(c) for c in cells])
+        except ValueError:
+            raise ClientError(f"{path}, line {number}: not a row of numbers: {record}") from None
+    if not rows:
+        raise ClientError(f"{path} holds no rows (only a header)")
+    return rows
+
+
+def cmd_score(args: argparse.Namespace, api: Api) -> int:
+    rows = read_rows(args.file, label_column=args.label_column)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["row", "score", "is_anomaly"])
+    threshold = None
+    for start in range(0, len(rows), args.batch_rows):
+        batch = rows[start : start + args.batch_rows]
+        answer = api.json("POST", f"/v1/models/{args.model}/score", json={"inputs": batch})
+        threshold = answer.get("threshold")
+        flags = answer.get("is_anomaly") or [None] * len(answer["scores"])
+        for offset, (score, flag) in enumerate(zip(answer["scores"], flags, strict=True)):
+            writer.writerow([start + offset, "" if score is None else repr(score), flag])
+    print(f"scored {len(rows)} rows with {args.model}; threshold {threshold}", file=sys.stderr)
+    return 0
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+
+def _run(command: Callable[[argparse.Namespace, Api], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        api = _api(args)
+        try:
+            return command(args, api)
+        except ClientError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\ninterrupted; the job goes on (`thermoml watch` follows it)", file=sys.stderr)
+            return 130
+        finally:
+            api.close()
+
+    return run
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("THERMOML_SERVER") or DEFAULT_SERVER,
+        help="the thermoml server (env THERMOML_SERVER; default %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("THERMOML_API_KEY"),
+        help="API key, sent as a Bearer token (env THERMOML_API_KEY)",
+    )
+
+
+def add_client_commands(subparsers: Any) -> None:
+    """Add submit, jobs, watch, metrics, models and score to the `thermoml` command."""
+    submit = subparsers.add_parser("submit", help="submit a job spec (JSON file, or - for stdin)")
+    submit.add_argument("spec", help="the job spec: a JSON file, or - to read it from stdin")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.add_argument("--idempotency-key", help="the same key and spec give the same job")
+    _connection(submit)
+    submit.set_defaults(func=_run(cmd_submit))
+
+    jobs = subparsers.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--status", choices=["queued", "running", *TERMINAL])
+    jobs.add_argument("--kind")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--json", action="store_true", help="the server's JSON page")
+    _connection(jobs)
+    jobs.set_defaults(func=_run(cmd_jobs))
+
+    watch = subparsers.add_parser("watch", help="follow a job's progress until it ends")
+    watch.add_argument("job", help="job id")
+    _connection(watch)
+    watch.set_defaults(func=_run(cmd_watch))
+
+    metrics = subparsers.add_parser("metrics", help="a job's metric history")
+    metrics.add_argument("job", help="job id")
+    metrics.add_argument("--csv", action="store_true", help="one CSV row per step")
+    metrics.add_argument("--names", help="comma-separated metric names (default: all)")
+    metrics.add_argument("--json", action="store_true", help="the series as JSON")
+    _connection(metrics)
+    metrics.set_defaults(func=_run(cmd_metrics))
+
+    models = subparsers.add_parser("models", help="list registered models")
+    models.add_argument("--kind")
+    models.add_argument("--name", help="all versions of this name")
+    models.add_argument("--limit", type=int, default=20)
+    models.add_argument("--json", action="store_true", help="the server's JSON page")
+    _connection(models)
+    models.set_defaults(func=_run(cmd_models))
+
+    score = subparsers.add_parser("score", help="anomaly scores of a CSV file's rows, as CSV")
+    score.add_argument("model", help="model id, name (latest version) or name@version")
+    score.add_argument("file", help="CSV of numeric rows (a header line is allowed), or -")
+    score.add_argument("--label-column", help="a column to leave out (e.g. the label)")
+    score.add_argument("--batch-rows", type=int, default=SCORE_BATCH_ROWS, help=argparse.SUPPRESS)
+    _connection(score)
+    score.set_defaults(func=_run(cmd_score))

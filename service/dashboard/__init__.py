@@ -1,0 +1,1 @@
+"""The dashboard's templates and static assets (package data, served by the API itself)."""
