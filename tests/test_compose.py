@@ -297,3 +297,13 @@ def test_dockerfile_installs_extras_and_drops_root() -> None:
     assert 'pip install ".${EXTRAS:+[$EXTRAS]}"' in runs
     users = [rest for word, rest in steps if word == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+
+
+def test_the_stack_runs_with_auth_and_a_bootstrap_admin_key(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = environment(services["api"])
+    assert env["THERMOML_AUTH"] == "required"
+    key = resolve(env["THERMOML_BOOTSTRAP_ADMIN_KEY"])
+    assert len(key) >= 16  # Settings.bootstrap_admin_key's minimum
+    Settings(bootstrap_admin_key=key, auth="required")
