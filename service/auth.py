@@ -32,7 +32,7 @@ OPEN_PATHS = frozenset(
         "/signin",
     }
 )
-OPEN_PREFIXES = ("/static/",)
+OPEN_PREFIXES = ("/static/", "/docs/assets/")
 # (method, path pattern) -> scope; the first match wins, GET falls back to `read`.
 RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(r"^/v1/jobs(/[^/]+/cancel)?$"), "train"),

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from service import prom
-from service.api import handlers
+from service.api import docs, handlers
 from service.api.routes import (
     dashboard,
     datasets,
@@ -70,6 +70,8 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         description=DESCRIPTION,
         lifespan=lifespan,
         dependencies=[Depends(authenticate)],
+        docs_url=None,  # served with local assets by service.api.docs
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.state.settings = settings
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.publisher = Publisher(settings)
     handlers.install(app)
+    docs.install(app)
     prom.install(app)
     for module in (
         health,
