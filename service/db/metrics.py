@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
 from service.db.tables import MetricPoint
+from service.errors import ServiceError
 
 Point = tuple[str, int, float]
 BATCH_ROWS = 500  # far below SQLite's limit on bound variables per statement
@@ -73,6 +74,20 @@ def read_series(
         entry["steps"].append(step)
         entry["values"].append(value)
     return series
+
+
+def check_names(session: Session, *, job_id: str, wanted: Iterable[str]) -> list[str]:
+    """The job's metric names; ServiceError 404 naming them when `wanted` holds others."""
+    available = names(session, job_id=job_id)
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        raise ServiceError(
+            "not_found",
+            f"job {job_id} has no metric named {', '.join(unknown)}; "
+            f"available: {', '.join(available) or 'none yet'}",
+            {"available": available},
+        )
+    return available
 
 
 def names(session: Session, *, job_id: str) -> list[str]:

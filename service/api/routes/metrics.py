@@ -12,7 +12,6 @@ from fastapi.responses import Response
 from service.api.deps import SessionDep
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
-from service.errors import ServiceError
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.jobs import MetricsOut, Series
 
@@ -50,17 +49,8 @@ def get_metrics(
     job_repo.get(session, job_id=job_id)
     wanted = _names(names)
     series = metric_repo.read_series(session, job_id=job_id, names=wanted, since_step=since_step)
-    if wanted:
-        missing = sorted(set(wanted) - set(series))
-        available = metric_repo.names(session, job_id=job_id)
-        unknown = [n for n in missing if n not in available]
-        if unknown:
-            raise ServiceError(
-                "not_found",
-                f"job {job_id} has no metric named {', '.join(unknown)}; "
-                f"available: {', '.join(available) or 'none yet'}",
-                {"available": available},
-            )
+    if wanted and set(wanted) - set(series):
+        metric_repo.check_names(session, job_id=job_id, wanted=wanted)
     if format == "csv":
         return Response(_wide_csv(series), media_type="text/csv")
     return MetricsOut(

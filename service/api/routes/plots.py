@@ -17,7 +17,6 @@ from service.api.deps import SessionDep
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.db.tables import MetricPoint
-from service.errors import ServiceError
 from service.schemas.common import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], responses=ERROR_RESPONSES)
@@ -85,15 +84,7 @@ def metrics_png(
     (energy and free energy, temperatures, entropy, entropy production), with units."""
     job = job_repo.get(session, job_id=job_id)
     wanted = [n.strip() for item in names or [] for n in item.split(",") if n.strip()]
-    available = metric_repo.names(session, job_id=job_id)
-    unknown = [n for n in wanted if n not in available]
-    if unknown:
-        raise ServiceError(
-            "not_found",
-            f"job {job_id} has no metric named {', '.join(unknown)}; "
-            f"available: {', '.join(available) or 'none yet'}",
-            {"available": available},
-        )
+    available = metric_repo.check_names(session, job_id=job_id, wanted=wanted)
     key = f"{job_id}|{','.join(wanted)}|{_version(session, job_id)}|{job.status}"
     etag = '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
