@@ -1,0 +1,105 @@
+"""Kind `dcn`: deep clustering network (Yang et al. 2017). An autoencoder is pre-trained, k-means
+runs in its latent space, then network updates on reconstruction + (λ/2)·‖f(x) − M s‖² (through
+the shared trainer, with its telemetry) alternate with assignment and centroid updates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ml.kinds.autoencoder import Activation
+from ml.registry import register_kind
+from ml.reporting import Reporter, RunContext, RunOutcome
+from ml.serving import Servable
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.training_config import TrainingConfig
+
+
+class DcnParams(StrictModel):
+    n_clusters: int = Field(10, ge=1, le=1000, description="k; at most the number of rows.")
+    latent_dim: int = Field(10, ge=1, le=4096, description="Size of the embedding f(x).")
+    hidden: list[int] = Field(
+        default_factory=lambda: [256, 64],
+        max_length=8,
+        description="Encoder layer sizes (the decoder mirrors them).",
+    )
+    activation: Activation = "relu"
+    pretrain_epochs: int = Field(
+        50, ge=0, le=100_000, description="Autoencoder epochs before clustering (0: none)."
+    )
+    clustering_weight: float = Field(
+        0.1,
+        ge=0,
+        le=1e6,
+        description="λ in reconstruction + (λ/2)‖f(x) − M s‖² (reconstruction: mean squared "
+        "error over features).",
+    )
+    update_interval: int = Field(
+        1, ge=1, le=1000, description="Epochs between two assignment and centroid updates."
+    )
+    tol: float = Field(
+        0.001,
+        ge=0,
+        le=1,
+        description="Stop when fewer than this fraction of rows change cluster between two "
+        "updates.",
+    )
+    n_init: int = Field(10, ge=1, le=1000, description="k-means restarts in the latent space.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DcnParams:
+        if any(h < 1 for h in self.hidden):
+            raise ValueError("hidden layer sizes must be positive")
+        return self
+
+
+class DcnSpec(JobSpec):
+    kind: Literal["dcn"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: DcnParams = Field(default_factory=DcnParams)
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig,
+        description="Both phases; `epochs` is the joint phase's (pre-training runs "
+        "`params.pretrain_epochs`). Every row is clustered: `validation_split` is not used.",
+    )
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+
+DcnSpec.example = {
+    "kind": "dcn",
+    "name": "digits-dcn",
+    "dataset": "builtin:digits",
+    "params": {
+        "n_clusters": 10,
+        "latent_dim": 10,
+        "hidden": [128, 64],
+        "pretrain_epochs": 15,
+        "clustering_weight": 0.1,
+    },
+    "preprocessing": {"scale": "minmax"},
+    "training": {"epochs": 10, "batch_size": 128, "seed": 0},
+}
+
+SERVES = frozenset({"encode", "predict"})
+
+
+def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+    from ml.dcn import DcnServable
+
+    return DcnServable(files, meta)
+
+
+@register_kind(
+    name="dcn",
+    spec=DcnSpec,
+    summary="Deep clustering network: an autoencoder trained jointly with k-means in its latents.",
+    category="model",
+    serves=SERVES,
+    load=load,
+)
+def run(spec: DcnSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.dcn import train_dcn
+
+    return train_dcn(spec, reporter, context)
