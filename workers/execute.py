@@ -24,7 +24,7 @@ from service.config import get_settings
 from service.db import jobs as job_repo
 from service.db.tables import Job
 from service.storage import ArtifactStore, model_prefix
-from workers import artifacts, runtime
+from workers import artifacts, runtime, tensorboard
 from workers.reporter import DbReporter, Heartbeat, JobLost
 
 log = logging.getLogger("thermoml.worker")
@@ -119,6 +119,10 @@ def execute(job_id: str, *, worker: str) -> str | None:
                 checkpoints.discard()
             except Exception:
                 log.exception("job %s: could not delete its checkpoints", job_id)
+            try:
+                tensorboard.write_event_files(job_id, sessions, store)
+            except Exception:
+                log.exception("job %s: could not write its TensorBoard events", job_id)
         log.info("job %s ended %s", job_id, status)
         return status
 
