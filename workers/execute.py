@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from ml.registry import UnknownKind, get_kind
 from ml.reporting import JobCancelled, JobFailed, RunContext
@@ -45,6 +45,19 @@ class _NotOwned(Exception):
     """The job's row belongs to another attempt now."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database went away mid-job (a restart, a failover). The job is not ended: its row
+    stays as it was, its lease lapses, the reconciler publishes it again and the next attempt
+    resumes from the last checkpoint. Failing it would turn a database blip into a lost job."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A connection-level database error (not a bug in a statement)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 REGISTER_TRIES = 3  # concurrent jobs of one name may race for the next model version
 
 
@@ -60,14 +73,19 @@ def execute(job_id: str, *, worker: str) -> str | None:
     """The job's final status, or None when this delivery did not claim it."""
     settings = get_settings()
     sessions = runtime.sessions()
-    with sessions.begin() as session:
-        attempt = job_repo.claim(
-            session,
-            job_id=job_id,
-            worker=worker,
-            lease_s=settings.job_lease,
-            max_attempts=settings.max_attempts,
-        )
+    try:
+        with sessions.begin() as session:
+            attempt = job_repo.claim(
+                session,
+                job_id=job_id,
+                worker=worker,
+                lease_s=settings.job_lease,
+                max_attempts=settings.max_attempts,
+            )
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise DatabaseUnavailable(job_id) from exc
+        raise
     if attempt is None:
         log.info("job %s not claimed (taken, ended or cancelled)", job_id)
         return None
@@ -112,9 +130,17 @@ def execute(job_id: str, *, worker: str) -> str | None:
     def finish(status: str, *, model: artifacts.StoredModel | None = None, **fields: Any) -> str:
         try:
             reporter.flush(check=False)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):  # never end a job whose last points were not written
+                raise DatabaseUnavailable(job_id) from exc
             log.exception("job %s: could not write its last metric points", job_id)
-        if commit_end(status, model, fields):
+        try:
+            ended = commit_end(status, model, fields)
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise DatabaseUnavailable(job_id) from exc
+            raise
+        if ended:
             try:
                 checkpoints.discard()
             except Exception:
@@ -157,6 +183,8 @@ def execute(job_id: str, *, worker: str) -> str | None:
         except (UnknownKind, ValidationError) as exc:
             return finish("failed", error_code="invalid_data", error_message=str(exc))
         except Exception as exc:
+            if database_unavailable(exc):
+                raise DatabaseUnavailable(job_id) from exc
             log.exception("job %s failed", job_id)
             return finish(
                 "failed", error_code="internal", error_message=f"{type(exc).__name__}: {exc}"
@@ -182,6 +210,8 @@ def execute(job_id: str, *, worker: str) -> str | None:
                 device=outcome.device,
                 progress=progress,
             )
+        except DatabaseUnavailable:
+            raise
         except Exception as exc:
             if stored is None:
                 raise

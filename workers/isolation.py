@@ -24,6 +24,9 @@ from workers import runtime
 
 log = logging.getLogger("thermoml.worker")
 PR_SET_PDEATHSIG = 1
+# The job process's exit status when the database went away mid-job (EX_TEMPFAIL): the job is
+# neither failed nor requeued here; its lease lapses and the reconciler publishes it again.
+EXIT_DATABASE_UNAVAILABLE = 75
 
 
 def _die_with_parent() -> None:
@@ -42,9 +45,18 @@ def _child(job_id: str, worker: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
         runtime.after_fork()
-        from workers.execute import execute
+        from workers.execute import DatabaseUnavailable, execute
 
-        execute(job_id, worker=worker)
+        try:
+            execute(job_id, worker=worker)
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "job %s: the database is unreachable (%s); the job is left to its lease "
+                "and another attempt",
+                job_id,
+                exc.__cause__,
+            )
+            code = EXIT_DATABASE_UNAVAILABLE
     except BaseException:
         log.exception("job %s: its process failed", job_id)
         code = 1
@@ -112,5 +124,7 @@ def run_isolated(job_id: str, *, worker: str, time_limit: float) -> None:
         sig = signal.Signals(os.WTERMSIG(status)).name
         log.error("job %s: its process was killed by %s; queueing it again", job_id, sig)
         _requeue_killed_job(job_id, worker, sig)
+    elif os.WEXITSTATUS(status) == EXIT_DATABASE_UNAVAILABLE:
+        pass  # not failed: once the database is back the lease lapses and the job runs again
     elif os.WEXITSTATUS(status) != 0:
         _fail_dead_job(job_id, worker, "internal", "the job's process failed; see the worker log")

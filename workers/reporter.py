@@ -56,10 +56,14 @@ class DbReporter:
         self._maybe_flush()
 
     def checkpoint(self) -> None:
-        """Hand the checkpoint folder to `on_checkpoint` (set by the worker when it can store)."""
+        """Hand the checkpoint folder to `on_checkpoint` (set by the worker when it can store).
+
+        The points recorded so far are written first: a later attempt resumes after the
+        checkpoint and never records them again, so they must not depend on a later flush.
+        """
+        self.flush()
         if self.on_checkpoint is not None:
             self.on_checkpoint()
-        self.flush()
 
     @property
     def last_progress(self) -> dict[str, Any] | None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, current
@@ -13,10 +19,60 @@ from service.config import Settings
 from service.queue import Publisher
 from service.storage import ArtifactStore
 
+log = logging.getLogger(__name__)
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
+
+CLOSING_THREADS = 8
+# Pooled connections kept out of the request sessions' reach, for the callers that open their
+# own short sessions (authentication, model lookups, readiness, the reconciler, metrics).
+RESERVED_CONNECTIONS = 5
+
+
+def session_slots(engine: Engine) -> int:
+    """How many request sessions may be open at once: the pool's capacity, less a reserve."""
+    pool = engine.pool
+    size = pool.size() if hasattr(pool, "size") else 5
+    overflow = max(0, int(getattr(pool, "_max_overflow", 0)))
+    return max(1, size + overflow - RESERVED_CONNECTIONS)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session for the request, closed (its connection back in the pool) afterwards.
+
+    Sync routes run on the shared thread pool, and so does the serialization of their answers,
+    after the route returned but before this session is closed. Were more sessions open than
+    the connection pool holds, the threads could all be taken by routes waiting for a
+    connection while the sessions holding the connections wait for a thread: a burst of
+    concurrent requests would deadlock the API. So a request waits here, in the event loop
+    and holding nothing, until a session slot is free; and sessions close on threads of
+    their own.
+    """
+    state = request.app.state
+    gate = getattr(state, "session_gate", None)
+    if gate is None:
+        gate = state.session_gate = anyio.Semaphore(session_slots(state.engine))
+    closers = getattr(state, "session_closers", None)
+    if closers is None:
+        closers = state.session_closers = anyio.CapacityLimiter(CLOSING_THREADS)
+    async with gate:
+        session = state.sessions()
+        try:
+            yield session
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled request still returns its connection
+                await anyio.to_thread.run_sync(_close, session, limiter=closers)
+
+
+def _close(session: Session) -> None:
+    try:
+        session.close()
+    except DBAPIError as exc:
+        # The database went away after the answer was decided (a restart terminates every
+        # connection): closing rolls back over a dead connection. The answer stands; the
+        # connection is dropped, never raised into a response that has already started.
+        log.warning("could not close a database session: %s", exc.orig or exc)
+        with contextlib.suppress(Exception):
+            session.invalidate()
 
 
 def get_settings(request: Request) -> Settings:

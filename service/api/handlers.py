@@ -76,7 +76,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = CODE_BY_STATUS.get(exc.status_code, "internal")
+        code = CODE_BY_STATUS.get(exc.status_code)
+        if code is None:
+            # A framework 4xx with no code of its own (400: a body that cannot be parsed, such
+            # as bytes that are not UTF-8) is the client's mistake: 422, never a 500.
+            code = "validation_error" if exc.status_code < 500 else "internal"
         return _respond(code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DBAPIError)

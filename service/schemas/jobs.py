@@ -6,16 +6,29 @@ import datetime as dt
 from functools import lru_cache
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 from ml.registry import get_kind, list_kinds
 from ml.spec import JobSpec
 
 
+def _out_of_range_is_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A spec whose numbers overflow a kind's own checks (e.g. `duration / dt` with a denormal
+    `dt`) is invalid input, answered 422, not a server error."""
+    try:
+        return handler(value)
+    except ArithmeticError as exc:
+        raise PydanticCustomError(
+            "value_error", "a number in the spec is out of range ({error})", {"error": str(exc)}
+        ) from exc
+
+
 @lru_cache
 def job_spec_union() -> Any:
     """`Annotated[Union[<every kind's spec>], discriminator="kind"]`."""
-    specs = tuple(get_kind(name).spec for name in list_kinds())
+    guard = WrapValidator(_out_of_range_is_invalid)
+    specs = tuple(Annotated[get_kind(name).spec, guard] for name in list_kinds())
     if len(specs) == 1:
         return specs[0]
     return Annotated[Union[specs], Field(discriminator="kind")]  # noqa: UP007
