@@ -42,6 +42,9 @@ class CoolingParams(StrictModel):
         for field in ("initial_temperature", "ambient_temperature"):
             if self.absolute(getattr(self, field)) <= 0:
                 raise ValueError(f"{field} must be above absolute zero")
+        ratio = self.duration / self.dt
+        if not math.isfinite(ratio) or ratio > MAX_STEPS:
+            raise ValueError(f"duration / dt gives {ratio:g} steps; the limit is {MAX_STEPS}")
         if self.steps > MAX_STEPS:
             raise ValueError(f"duration / dt gives {self.steps} steps; the limit is {MAX_STEPS}")
         if self.steps < 1:

@@ -102,6 +102,7 @@ def test_record_every_caps_the_points_and_keeps_the_last_step() -> None:
         ({"initial_temperature": -300}, "absolute zero"),
         ({"temperature_unit": "kelvin", "ambient_temperature": 0}, "absolute zero"),
         ({"duration": 1e9, "dt": 1e-3}, "limit"),
+        ({"duration": 10, "dt": 5e-324}, "limit"),
     ],
 )
 def test_bad_parameters_say_why(params: dict, fragment: str) -> None:
