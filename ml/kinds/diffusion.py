@@ -1,0 +1,126 @@
+"""Kind `diffusion`: a Gaussian diffusion probabilistic model (Sohl-Dickstein et al. 2015; Ho et
+al. 2020) with an ε-predicting network, EMA weights, DDPM and DDIM sampling, the variational
+bound as an anomaly score, and the forward chain's entropy production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ml.registry import register_kind
+from ml.reporting import Reporter, RunContext, RunOutcome
+from ml.serving import Servable
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.training_config import TrainingConfig
+
+
+class DiffusionParams(StrictModel):
+    timesteps: int = Field(1000, ge=2, le=10_000, description="T, the length of the chain.")
+    schedule: Literal["linear", "cosine", "sohl_dickstein"] = Field(
+        "linear",
+        description="β_t: `linear` (DDPM, from beta_start to beta_end), `cosine` (Nichol & "
+        "Dhariwal 2021), `sohl_dickstein` (β_t = 1/(T − t + 1), the 2015 paper's short chain: "
+        "use T = 40). Every β_t is clipped at 0.999.",
+    )
+    beta_start: float = Field(1e-4, gt=0, lt=1, description="linear: β_1.")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="linear: β_T.")
+    hidden: list[int] | None = Field(
+        None,
+        max_length=8,
+        description="dense: widths of the ε-network's residual layers (default [256, 256, 256]); "
+        "conv: channels per U-Net level (default [16, 32]).",
+    )
+    architecture: Literal["auto", "dense", "conv"] = Field(
+        "auto", description="`auto`: a small U-Net for image rows (H, W, C), an MLP otherwise."
+    )
+    time_embedding: int = Field(64, ge=4, le=1024, description="Sinusoidal embedding of t.")
+    ema_decay: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="Exponential moving average of the weights, used for sampling, the bound "
+        "and the saved model (0: none). Warm-up: min(decay, (1 + n)/(10 + n)) after n steps.",
+    )
+    bound_rows: int = Field(
+        128, ge=8, le=100_000, description="Validation rows for the per-epoch bound."
+    )
+    bound_timesteps: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Strata of t for the bound (one draw each; ≥ T − 1 sums every step).",
+    )
+    contamination: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="The score threshold is the (1 − c) quantile of held-out bounds.",
+    )
+    target_fpr: float | None = Field(None, gt=0, lt=1)
+    evaluation_split: float = Field(
+        0.2,
+        ge=0,
+        lt=0.9,
+        description="Rows held out for sample quality (two halves: against the model, and "
+        "against each other for the floor).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DiffusionParams:
+        if self.schedule == "linear" and not self.beta_start < self.beta_end:
+            raise ValueError("beta_start must be smaller than beta_end")
+        if self.hidden is not None and (not self.hidden or any(h < 1 for h in self.hidden)):
+            raise ValueError("hidden must list positive sizes")
+        return self
+
+    def resolved_hidden(self, conv: bool) -> list[int]:
+        if self.hidden is not None:
+            return list(self.hidden)
+        return [16, 32] if conv else [256, 256, 256]
+
+
+class DiffusionTraining(TrainingConfig):
+    epochs: int = Field(40, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=2, le=65_536)
+
+
+class DiffusionSpec(JobSpec):
+    kind: Literal["diffusion"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: DiffusionParams = Field(default_factory=DiffusionParams)
+    training: DiffusionTraining = Field(default_factory=DiffusionTraining)
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+
+DiffusionSpec.example = {
+    "kind": "diffusion",
+    "name": "swiss-roll-diffusion",
+    "dataset": "builtin:swiss_roll",
+    "params": {"timesteps": 40, "schedule": "sohl_dickstein", "hidden": [64, 64]},
+    "training": {"epochs": 2, "batch_size": 128, "seed": 0},
+}
+
+SERVES = frozenset({"generate", "score"})
+
+
+def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+    from ml.diffusion_model import DiffusionServable
+
+    return DiffusionServable(files, meta)
+
+
+@register_kind(
+    name="diffusion",
+    spec=DiffusionSpec,
+    summary="A diffusion probabilistic model: samples (DDPM, DDIM) and bound-based anomaly scores.",
+    category="model",
+    serves=SERVES,
+    pictures=frozenset({"samples"}),
+    load=load,
+)
+def run(spec: DiffusionSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.diffusion_model import train_diffusion
+
+    return train_diffusion(spec, reporter, context, sorted(SERVES))

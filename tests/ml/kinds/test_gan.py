@@ -1,0 +1,130 @@
+"""The `gan` kind in-process: both players' metrics, the seed's networks, generate in data
+units, the DCGAN for images, the samples picture, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ml.datasets import Dataset
+from ml.kinds.gan import GanParams
+from ml.reporting import MemoryReporter, RunOutcome
+from tests.ml.kinds.test_autoencoder import serve, train
+from tests.ml.kinds.test_diffusion import subset
+
+SMALL = {"latent_dim": 8, "generator_hidden": [32, 32], "discriminator_hidden": [32, 32]}
+FAST = {
+    "epochs": 2,
+    "batch_size": 64,
+    "seed": 0,
+    "telemetry": {"every_steps": 4, "microbatches": 2},  # a smaller graph to trace
+}
+PLAYER_TELEMETRY = (
+    "internal_energy",
+    "lr",
+    "grad_noise_scale",
+    "temperature_nominal",
+    "temperature_noise",
+    "temperature_virial",
+    "fdr_ratio",
+    "weight_entropy",
+    "free_energy",
+    "heat",
+    "entropy_production",
+    "entropy_production_excess",
+)
+GAN_METRICS = ("d_loss", "g_loss", "d_real_accuracy", "d_fake_accuracy", "jsd_lower_bound")
+
+
+@pytest.fixture(scope="module")
+def swiss() -> Dataset:
+    return subset("swiss_roll", 1200)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, swiss: Dataset
+) -> tuple[RunOutcome, MemoryReporter]:
+    spec = {"params": {**SMALL, "d_steps": 2, "label_smoothing": 0.1}, "training": FAST}
+    return train("gan", spec, tmp_path_factory.mktemp("g"), swiss)
+
+
+def test_a_tiny_gan_records_every_metric_name(trained: tuple[RunOutcome, MemoryReporter]) -> None:
+    outcome, reporter = trained
+    for name in GAN_METRICS:
+        assert name in reporter.points, name
+    for player in ("d_", "g_"):
+        for name in PLAYER_TELEMETRY:
+            assert player + name in reporter.points, player + name
+    steps, jsd = reporter.series("jsd_lower_bound")
+    assert steps == reporter.series("d_loss")[0] == reporter.series("g_loss")[0]
+    assert all(value <= math.log(2) for value in jsd)  # L_D ≥ 0
+    for name in ("d_real_accuracy", "d_fake_accuracy"):
+        assert all(0 <= v <= 1 for v in reporter.series(name)[1])
+    # 840 training rows, 13 batches of 64, two discriminator steps per generator step: 6 an epoch
+    assert outcome.result["iterations"] == 12
+    model = outcome.model
+    assert model is not None and model.capabilities == ["generate"]
+    assert model.pictures == ["samples"] and model.calibration["tanh_minmax"] is True
+    for name in ("energy_distance", "energy_distance_floor", "mmd", "mmd_floor"):
+        assert model.evaluation[name] >= 0, name
+
+
+def test_generate_is_seeded_and_within_the_data_range(
+    trained: tuple[RunOutcome, MemoryReporter], swiss: Dataset
+) -> None:
+    model = serve("gan", trained[0])
+    a = model.run("generate", None, n=300, seed=7)["samples"]
+    assert a.shape == (300, 2)
+    assert np.array_equal(a, model.run("generate", None, n=300, seed=7)["samples"])
+    assert not np.array_equal(a, model.run("generate", None, n=300, seed=8)["samples"])
+    # tanh on minmax-scaled data: samples stay inside the training rows' range, in raw units
+    assert (a >= swiss.x.min(axis=0) - 1e-5).all() and (a <= swiss.x.max(axis=0) + 1e-5).all()
+    with pytest.raises(ValueError, match="a gan takes no sampler or steps"):
+        model.run("generate", None, n=2, sampler="ddim", steps=3)
+    assert model.picture("samples").startswith(b"\x89PNG")
+
+
+def test_the_default_networks_are_the_seed_articles() -> None:
+    from ml.gan import Players
+
+    players = Players(GanParams(), (784,), tanh=True)
+    dense = [w.shape for w in players.generator.weights if len(w.shape) == 2]
+    assert dense == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
+    kinds = [type(layer).__name__ for layer in players.generator.layers[1:4]]
+    assert kinds == ["Dense", "LeakyReLU", "BatchNormalization"]
+    assert players.generator.layers[-1].activation.__name__ == "tanh"
+    disc = [w.shape for w in players.discriminator.weights if len(w.shape) == 2]
+    assert disc == [(784, 512), (512, 256), (256, 1)]
+
+
+def test_a_dcgan_on_digit_images(tmp_path: Path) -> None:
+    digits = subset("digits", 300)
+    outcome, _ = train("gan", {"training": {"epochs": 1, "batch_size": 32}}, tmp_path, digits)
+    assert outcome.model is not None and outcome.model.input_shape == [8, 8, 1]
+    ev = outcome.model.evaluation
+    for name in ("frechet_distance", "frechet_distance_floor", "classifier_confidence"):
+        assert name in ev, name
+    samples = serve("gan", outcome).run("generate", None, n=4, seed=0)["samples"]
+    assert samples.shape == (4, 8, 8, 1)
+    assert samples.min() >= -1e-4 and samples.max() <= 16 + 1e-4  # pixel units, 0-16
+
+
+def test_resumes_both_players_and_standard_scaling_gives_a_linear_output(
+    tmp_path: Path, swiss: Dataset
+) -> None:
+    spec: dict[str, Any] = {
+        "params": SMALL,
+        "preprocessing": {"scale": "standard"},
+        "training": {**FAST, "epochs": 1},
+    }
+    _, first = train("gan", spec, tmp_path, swiss)
+    spec["training"]["epochs"] = 2
+    resumed, points = train("gan", spec, tmp_path, swiss)
+    assert resumed.result["resumed"] is True and resumed.result["iterations"] == 26
+    assert min(points.series("d_loss")[0]) > max(first.series("d_loss")[0])
+    assert resumed.model is not None and resumed.model.calibration["tanh_minmax"] is False
