@@ -296,7 +296,7 @@ def train_diffusion(
 class DiffusionServable(generative.GenerativeServable):
     """generate (ddpm | ddim, any number of steps up to T) and score (the bound per row)."""
 
-    title = "diffusion samples (blue) and held-out data (grey)"
+    title = "diffusion samples"
 
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
         super().__init__(files, meta)

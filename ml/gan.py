@@ -315,7 +315,7 @@ def train_gan(
 class GanServable(generative.GenerativeServable):
     """generate: z ~ N(0, I) through the generator (batch norm in inference mode)."""
 
-    title = "gan samples (blue) and held-out data (grey)"
+    title = "gan samples"
 
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
         super().__init__(files, meta)

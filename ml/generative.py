@@ -121,15 +121,12 @@ def draw_samples(samples: np.ndarray, reference: np.ndarray | None, title: str) 
         )
         for i, ax in enumerate(np.asarray(axes).reshape(-1)):
             ax.axis("off")
-            if i < count:
-                image = samples[i]
-                cmap = "gray_r" if image.shape[-1] == 1 else None
-                shown = (
-                    image[..., 0]
-                    if image.shape[-1] == 1
-                    else np.clip((image - low) / max(high - low, 1e-12), 0, 1)
-                )
-                ax.imshow(shown, cmap=cmap, vmin=low if cmap else None, vmax=high if cmap else None)
+            if i >= count:
+                continue
+            if samples.shape[-1] == 1:  # grey, in the real data's range
+                ax.imshow(samples[i, ..., 0], cmap="gray_r", vmin=low, vmax=high)
+            else:
+                ax.imshow(np.clip((samples[i] - low) / max(high - low, 1e-12), 0, 1))
         figure.suptitle(title)
         return png(figure)
     flat = samples.reshape(len(samples), -1)
