@@ -7,28 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from ml.kinds.autoencoder import Activation
+from ml.kinds.dec import DeepClusteringParams
 from ml.registry import register_kind
 from ml.reporting import Reporter, RunContext, RunOutcome
 from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.spec import JobSpec, Preprocessing, preprocessing_field
 from ml.training_config import TrainingConfig
 
 
-class DcnParams(StrictModel):
-    n_clusters: int = Field(10, ge=1, le=1000, description="k; at most the number of rows.")
-    latent_dim: int = Field(10, ge=1, le=4096, description="Size of the embedding f(x).")
-    hidden: list[int] = Field(
-        default_factory=lambda: [256, 64],
-        max_length=8,
-        description="Encoder layer sizes (the decoder mirrors them).",
-    )
-    activation: Activation = "relu"
-    pretrain_epochs: int = Field(
-        50, ge=0, le=100_000, description="Autoencoder epochs before clustering (0: none)."
-    )
+class DcnParams(DeepClusteringParams):
     clustering_weight: float = Field(
         0.1,
         ge=0,
@@ -36,23 +25,6 @@ class DcnParams(StrictModel):
         description="λ in reconstruction + (λ/2)‖f(x) − M s‖² (reconstruction: mean squared "
         "error over features).",
     )
-    update_interval: int = Field(
-        1, ge=1, le=1000, description="Epochs between two assignment and centroid updates."
-    )
-    tol: float = Field(
-        0.001,
-        ge=0,
-        le=1,
-        description="Stop when fewer than this fraction of rows change cluster between two "
-        "updates.",
-    )
-    n_init: int = Field(10, ge=1, le=1000, description="k-means restarts in the latent space.")
-
-    @model_validator(mode="after")
-    def _check(self) -> DcnParams:
-        if any(h < 1 for h in self.hidden):
-            raise ValueError("hidden layer sizes must be positive")
-        return self
 
 
 class DcnSpec(JobSpec):

@@ -17,7 +17,9 @@ from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.training_config import TrainingConfig
 
 
-class DecParams(StrictModel):
+class DeepClusteringParams(StrictModel):
+    """What DEC and DCN share: an autoencoder pre-trained, then clustered in its latent space."""
+
     n_clusters: int = Field(10, ge=1, le=1000, description="k; at most the number of rows.")
     latent_dim: int = Field(10, ge=1, le=4096, description="Size of the embedding z.")
     hidden: list[int] = Field(
@@ -29,26 +31,33 @@ class DecParams(StrictModel):
     pretrain_epochs: int = Field(
         50, ge=0, le=100_000, description="Autoencoder epochs before clustering (0: none)."
     )
-    alpha: float = Field(
-        1.0, gt=0, le=1000, description="Degrees of freedom of the Student-t soft assignment."
-    )
     update_interval: int = Field(
-        1, ge=1, le=1000, description="Epochs between two updates of the target distribution P."
+        1,
+        ge=1,
+        le=1000,
+        description="Epochs between two cluster updates (DEC: of the target distribution P; "
+        "DCN: of assignments and centroids).",
     )
     tol: float = Field(
         0.001,
         ge=0,
         le=1,
-        description="Stop refining when fewer than this fraction of rows change cluster "
-        "between two target updates.",
+        description="Stop when fewer than this fraction of rows change cluster between two "
+        "updates.",
     )
     n_init: int = Field(10, ge=1, le=1000, description="k-means restarts in the latent space.")
 
     @model_validator(mode="after")
-    def _check(self) -> DecParams:
+    def _check(self) -> DeepClusteringParams:
         if any(h < 1 for h in self.hidden):
             raise ValueError("hidden layer sizes must be positive")
         return self
+
+
+class DecParams(DeepClusteringParams):
+    alpha: float = Field(
+        1.0, gt=0, le=1000, description="Degrees of freedom of the Student-t soft assignment."
+    )
 
 
 class DecSpec(JobSpec):

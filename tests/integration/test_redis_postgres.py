@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -79,4 +78,3 @@ def test_readyz_reports_a_dead_broker(tmp_path: Path) -> None:
     assert response.status_code == 503
     assert response.json()["error"]["details"]["checks"]["broker"].startswith("unavailable")
     assert isinstance(response.json()["error"]["message"], str)
-    assert httpx  # imported for the helpers' exceptions
