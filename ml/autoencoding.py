@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml.networks import (
+    OUTPUT_DTYPE,
     Stack,
     as_model,
     decoder_stack,
@@ -40,7 +41,7 @@ class AutoencoderObjective:
         self.conv = use_conv(params.architecture, input_shape)
         self.bce = params.resolved_loss == "binary_crossentropy"
         self.trunk = encoder_trunk(input_shape, params.hidden, params.activation, self.conv)
-        self.head = keras.layers.Dense(params.latent_dim, name="latent")
+        self.head = keras.layers.Dense(params.latent_dim, name="latent", dtype=OUTPUT_DTYPE)
         # With cross-entropy the decoder emits logits; serving applies the sigmoid.
         out = None if self.bce else params.resolved_output_activation
         self.decoder = decoder_stack(input_shape, params.hidden, params.activation, self.conv, out)
@@ -95,8 +96,10 @@ class VaeObjective:
         self.conv = use_conv(params.architecture, input_shape)
         self.bernoulli = params.likelihood == "bernoulli"
         self.trunk = encoder_trunk(input_shape, params.hidden, params.activation, self.conv)
-        self.mean_head = keras.layers.Dense(params.latent_dim, name="z_mean")
-        self.logvar_head = keras.layers.Dense(params.latent_dim, name="z_log_var")
+        self.mean_head = keras.layers.Dense(params.latent_dim, name="z_mean", dtype=OUTPUT_DTYPE)
+        self.logvar_head = keras.layers.Dense(
+            params.latent_dim, name="z_log_var", dtype=OUTPUT_DTYPE
+        )
         self.decoder = decoder_stack(input_shape, params.hidden, params.activation, self.conv, None)
         # Gaussian likelihood: one learned log σ per data dimension.
         self.log_sigma = tf.Variable(tf.zeros(input_shape), name="log_sigma")

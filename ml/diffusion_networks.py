@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.networks import use_conv
+from ml.networks import OUTPUT_DTYPE, use_conv
 
 
 def time_embedding(t: tf.Tensor, dim: int, timesteps: int) -> tf.Tensor:
@@ -40,9 +40,9 @@ def _mlp(input_shape: Sequence[int], hidden: Sequence[int], emb_dim: int) -> ker
         z = keras.layers.Add()([keras.layers.Dense(width)(h), keras.layers.Dense(width)(e)])
         z = keras.layers.Activation("silu")(z)
         h = keras.layers.Add(name=f"residual_{i}")([h, z]) if int(h.shape[-1]) == width else z
-    out = keras.layers.Dense(size, name="eps")(h)
+    out = keras.layers.Dense(size, name="eps", dtype=OUTPUT_DTYPE)(h)
     if len(input_shape) > 1:
-        out = keras.layers.Reshape(tuple(input_shape))(out)
+        out = keras.layers.Reshape(tuple(input_shape), dtype=OUTPUT_DTYPE)(out)
     return keras.Model([x_in, e_in], out, name="eps_mlp")
 
 
@@ -88,7 +88,7 @@ def _unet(input_shape: Sequence[int], channels: Sequence[int], emb_dim: int) -> 
         h = _res_block(keras.layers.Concatenate()([h, skips[i]]), e, channels[i])
     h = keras.layers.GroupNormalization(_groups(channels[0]))(h)
     h = keras.layers.Activation("silu")(h)
-    out = keras.layers.Conv2D(c, 3, padding="same", name="eps")(h)
+    out = keras.layers.Conv2D(c, 3, padding="same", name="eps", dtype=OUTPUT_DTYPE)(h)
     return keras.Model([x_in, e_in], out, name="eps_unet")
 
 

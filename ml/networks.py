@@ -15,6 +15,8 @@ import keras
 import tensorflow as tf
 
 CONV_DOWNSAMPLE = 4  # two stride-2 convolutions
+# Layers whose outputs enter a loss compute in float32 even under a mixed-precision policy.
+OUTPUT_DTYPE = "float32"
 
 
 def use_conv(architecture: str, input_shape: Sequence[int]) -> bool:
@@ -98,9 +100,9 @@ def decoder_stack(
         for s in input_shape:
             size *= int(s)
         layers = [keras.layers.Dense(s, activation=activation) for s in reversed_hidden]
-        layers.append(keras.layers.Dense(size, activation=out_activation))
+        layers.append(keras.layers.Dense(size, activation=out_activation, dtype=OUTPUT_DTYPE))
         if len(input_shape) > 1:
-            layers.append(keras.layers.Reshape(tuple(input_shape)))
+            layers.append(keras.layers.Reshape(tuple(input_shape), dtype=OUTPUT_DTYPE))
         return Stack(layers, set(range(len(reversed_hidden))))
     h, w, c = (int(s) for s in input_shape)
     small = (h // CONV_DOWNSAMPLE, w // CONV_DOWNSAMPLE, 64)
@@ -110,7 +112,7 @@ def decoder_stack(
         keras.layers.Reshape(small),
         keras.layers.Conv2DTranspose(64, 3, strides=2, padding="same", activation=activation),
         keras.layers.Conv2DTranspose(32, 3, strides=2, padding="same", activation=activation),
-        keras.layers.Conv2D(c, 3, padding="same", activation=out_activation),
+        keras.layers.Conv2D(c, 3, padding="same", activation=out_activation, dtype=OUTPUT_DTYPE),
     ]
     return Stack(layers, set(range(len(reversed_hidden))))
 

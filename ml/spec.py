@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StrictModel(BaseModel):
@@ -17,8 +17,26 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+MAX_DEVICES = 16
+
+
 class Resources(StrictModel):
     gpu: bool = Field(False, description="Run on the `gpu` queue (any device in embedded mode).")
+    devices: int = Field(
+        1,
+        ge=1,
+        le=MAX_DEVICES,
+        description="Devices of one worker to train on, data-parallel "
+        "(`tf.distribute.MirroredStrategy`): the worker's first N GPUs, or its CPU split into N "
+        "logical devices when it has no GPU (same results, no speed-up). `training.batch_size` "
+        "is the global batch, split between them. Kinds trained by the shared training loop only.",
+    )
+    mixed_precision: bool = Field(
+        False,
+        description="Compute in bfloat16 with float32 weights (Keras policy `mixed_bfloat16`; "
+        "no loss scaling needed); faster on GPUs and CPUs with bfloat16 units. Models serve in "
+        "the same precision. Kinds trained by the shared training loop only.",
+    )
 
 
 ScaleName = Literal["minmax", "standard", "none"]
@@ -63,6 +81,19 @@ class JobSpec(StrictModel):
     priority: int = Field(5, ge=0, le=9, description="0 (lowest) to 9 (highest).")
 
     example: ClassVar[dict[str, Any]] = {}
+    # True for kinds trained by the shared training loop, which can use `resources.devices` and
+    # `resources.mixed_precision`.
+    distributable: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> JobSpec:
+        r = self.resources
+        if not self.distributable and (r.devices > 1 or r.mixed_precision):
+            raise ValueError(
+                f"kind {self.kind!r} runs on one device in full precision: "
+                "resources.devices must be 1 and resources.mixed_precision false"
+            )
+        return self
 
     @property
     def queue(self) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml.reporting import JobFailed, Reporter
+from ml.spec import Resources
 from ml.telemetry import Measurement, Thermometer
 from ml.training_config import OptimizerConfig, ScheduleConfig, TrainingConfig
 
@@ -31,6 +33,9 @@ CHECKPOINT_STATE = "trainer.json"
 CHECKPOINT_OPTIMIZER = "optimizer.npz"
 CHECKPOINT_TELEMETRY = "telemetry.npz"
 EPOCH_LOSS_ROWS = 2048
+MIXED_POLICY = "mixed_bfloat16"
+# Replica r > 0 of a data-parallel step draws its randomness from seeds shifted by r times this.
+REPLICA_SEED_STRIDE = 7919
 
 
 class Objective(Protocol):
@@ -83,8 +88,63 @@ def sgld_temperature(config: TrainingConfig, step: int) -> float:
     return float(t0 * s.decay_rate**exponent)
 
 
+def _short(device: str) -> str:
+    """`/job:localhost/replica:0/task:0/device:GPU:1` -> `GPU:1`."""
+    return device.rsplit("device:", 1)[-1]
+
+
 def device_name() -> str:
+    """The device(s) training runs on: the current strategy's replicas, comma-separated."""
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+        return ",".join(_short(d) for d in strategy.extended.worker_devices)
     return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+
+
+def _mirrored(devices: int) -> tf.distribute.Strategy:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if len(gpus) < devices:
+            raise JobFailed(
+                "invalid_resources",
+                f"resources.devices = {devices}, but this worker has {len(gpus)} GPU(s)",
+            )
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(devices)])
+    cpus = tf.config.list_physical_devices("CPU")
+    # Once the runtime has started the split is refused: the devices it has are the ones there are.
+    with suppress(RuntimeError):
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+        )
+    logical = tf.config.list_logical_devices("CPU")
+    if len(logical) < devices:
+        raise JobFailed(
+            "invalid_resources",
+            f"resources.devices = {devices}, but this process has {len(logical)} CPU device(s) "
+            "and no GPU (TensorFlow started before the CPU could be split)",
+        )
+    return tf.distribute.MirroredStrategy(
+        [d.name for d in logical[:devices]],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+
+
+@contextmanager
+def job_devices(resources: Resources) -> Iterator[tf.distribute.Strategy]:
+    """Builds and trains what runs inside on `resources.devices` devices (a MirroredStrategy
+    scope when there are several) in `resources.mixed_precision`. Enter it before the job's
+    first TensorFlow operation: splitting the CPU into logical devices is only possible then."""
+    previous = keras.config.dtype_policy()
+    strategy = (
+        _mirrored(resources.devices) if resources.devices > 1 else tf.distribute.get_strategy()
+    )
+    if resources.mixed_precision:
+        keras.config.set_dtype_policy(MIXED_POLICY)
+    try:
+        with strategy.scope():
+            yield strategy
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @dataclass
@@ -146,7 +206,12 @@ class Trainer:
         self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.loss_count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.extra_sums: dict[str, tf.Variable] = {}
-        self._train_step = tf.function(self._step, reduce_retracing=True)
+        # Built under a MirroredStrategy's scope (see `job_devices`), the plain steps run on
+        # every replica; measuring and evaluating steps run on the first one with the full batch.
+        self.strategy = tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        step = self._step if self.replicas == 1 else self._distributed_step
+        self._train_step = tf.function(step, reduce_retracing=True)
         self._measure_step = tf.function(self._measuring_step, reduce_retracing=True)
         self._eval_step = tf.function(self._evaluate, reduce_retracing=True)
         self.start_epoch = 0
@@ -160,7 +225,7 @@ class Trainer:
 
     def _loss(self, x: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, dict]:
         per_example, extras = self.objective.per_example_loss(x, seed, True)
-        loss = tf.reduce_mean(per_example)
+        loss = tf.reduce_mean(tf.cast(per_example, tf.float32))
         total = loss
         if self.weight_decay:
             total = loss + 0.5 * self.weight_decay * _sqnorm(self.variables)
@@ -170,18 +235,38 @@ class Trainer:
         self.loss_sum.assign_add(tf.cast(loss, tf.float64))
         self.loss_count.assign_add(1.0)
         for name, value in extras.items():
-            self.extra_sums[name].assign_add(tf.cast(tf.reduce_mean(value), tf.float64))
+            self.extra_sums[name].assign_add(
+                tf.cast(tf.reduce_mean(tf.cast(value, tf.float32)), tf.float64)
+            )
 
     def _apply(self, grads: list[tf.Tensor]) -> None:
         # The rate of this update: read before `apply` advances the schedule's iteration.
         rate = tf.cast(self.optimizer.learning_rate, tf.float32)
-        self.optimizer.apply(grads, self.variables)
+        self._optimize(grads)
         if self.sgld:
             scale = tf.sqrt(2.0 * rate * self.temperature_var)
             for i, v in enumerate(self.variables):
                 noise = tf.random.stateless_normal(v.shape, self._seed(40 + i % 20), dtype=v.dtype)
                 v.assign_add(scale * noise)
         self.step_var.assign_add(1)
+
+    def _optimize(self, grads: list[Any]) -> None:
+        if self.replicas == 1:
+            self.optimizer.apply(grads, self.variables)
+            return
+        # Keras applies gradients per replica and sums them over the replicas first: hand each
+        # its share, or, for one gradient computed on the whole batch, a 1/N part of it.
+        shared = not isinstance(grads[0], tf.distribute.DistributedValues)
+        if shared:
+            grads = [g / self.replicas for g in grads]
+
+        def apply(*parts: tf.Tensor) -> None:
+            # A shared tensor gets a copy on each replica's device, where the all-reduce wants it.
+            self.optimizer.apply(
+                [tf.identity(g) for g in parts] if shared else list(parts), self.variables
+            )
+
+        self.strategy.run(apply, args=tuple(grads))
 
     def _step(self, x: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
@@ -191,14 +276,45 @@ class Trainer:
         self._accumulate(loss, extras)
         return loss
 
-    def _measuring_step(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        parts = tf.split(x, self.micro)
+    def _replica_gradients(
+        self, x: tf.Tensor, n: tf.Tensor
+    ) -> tuple[tf.Tensor, list[tf.Tensor], dict[str, tf.Tensor]]:
+        """One replica's share of a step on its rows of a batch of `n`: loss and extras summed,
+        and gradients scaled so that their sum over replicas is the whole batch's gradient."""
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = self._seed() + tf.stack([REPLICA_SEED_STRIDE * tf.cast(replica, tf.int32), 0])
+        with tf.GradientTape() as tape:
+            per_example, extras = self.objective.per_example_loss(x, seed, True)
+            total = tf.reduce_sum(tf.cast(per_example, tf.float32))
+            share = total / n
+            if self.weight_decay:
+                share += 0.5 * self.weight_decay * _sqnorm(self.variables) / self.replicas
+        grads = tape.gradient(share, self.variables)
+        sums = {k: tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in extras.items()}
+        return total, grads, sums
+
+    def _distributed_step(self, x: Any, n: tf.Tensor) -> tf.Tensor:
+        total, grads, sums = self.strategy.run(self._replica_gradients, args=(x, n))
+
+        def add(value: Any) -> tf.Tensor:
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+
+        self._apply(grads)
+        loss = add(total) / n
+        self._accumulate(loss, {k: add(v) / n for k, v in sums.items()})
+        return loss
+
+    def _micro_gradients(
+        self, x: tf.Tensor
+    ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor, tf.Tensor, dict[str, tf.Tensor]]:
+        """Per micro-batch gradients of a measuring step, summed: Σg, Σ|g|², Σ loss before the
+        update (with and without weight decay), Σ extras."""
         grad_sum = [tf.zeros_like(v) for v in self.variables]
         sq_sum = tf.constant(0.0)
         before = tf.constant(0.0)
         plain = tf.constant(0.0)
         extras_sum: dict[str, tf.Tensor] = {}
-        for k, part in enumerate(parts):
+        for k, part in enumerate(tf.split(x, self.micro)):
             with tf.GradientTape() as tape:
                 loss, total, extras = self._loss(part, self._seed(k + 1))
             grads = tape.gradient(total, self.variables)
@@ -207,7 +323,27 @@ class Trainer:
             before += total
             plain += loss
             for name, value in extras.items():
-                extras_sum[name] = extras_sum.get(name, 0.0) + tf.reduce_mean(value)
+                mean = tf.reduce_mean(tf.cast(value, tf.float32))
+                extras_sum[name] = extras_sum.get(name, 0.0) + mean
+        return grad_sum, sq_sum, before, plain, extras_sum
+
+    def _micro_losses(self, x: tf.Tensor) -> tf.Tensor:
+        """Σ over micro-batches of the loss with weight decay (the heat pass)."""
+        after = tf.constant(0.0)
+        for k, part in enumerate(tf.split(x, self.micro)):
+            after += self._loss(part, self._seed(k + 1))[1]
+        return after
+
+    def _on_replicas(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`; with several replicas, run by each on the same inputs (gradients need
+        a replica context) and taken from the first."""
+        if self.replicas == 1:
+            return fn(*args)
+        out = self.strategy.run(fn, args=args)
+        return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0], out)
+
+    def _measuring_step(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        grad_sum, sq_sum, before, plain, extras_sum = self._on_replicas(self._micro_gradients, x)
         k_float = float(self.micro)
         g_batch = [g / k_float for g in grad_sum]
         theta = _flat(self.variables)
@@ -220,10 +356,7 @@ class Trainer:
         self._apply(g_batch)
         self.step_var.assign_sub(1)  # the heat pass repeats this step's random draws
         if self.config.telemetry.heat:
-            after = tf.constant(0.0)
-            for k, part in enumerate(parts):
-                after += self._loss(part, self._seed(k + 1))[1]
-            out["heat"] = (before - after) / k_float
+            out["heat"] = (before - self._on_replicas(self._micro_losses, x)) / k_float
         self.step_var.assign_add(1)
         momentums = getattr(self.optimizer, "momentums", None)
         if self.config.optimizer.name in ("sgd", "sgld"):
@@ -248,7 +381,9 @@ class Trainer:
         per_example, extras = self.objective.per_example_loss(
             x, tf.constant([7, 7], tf.int32), False
         )
-        return tf.reduce_sum(per_example), {k: tf.reduce_sum(v) for k, v in extras.items()}
+        return tf.reduce_sum(tf.cast(per_example, tf.float32)), {
+            k: tf.reduce_sum(tf.cast(v, tf.float32)) for k, v in extras.items()
+        }
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -329,14 +464,20 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.epochs):
             order = np.random.default_rng([cfg.seed, epoch]).permutation(n)
             data = tf.data.Dataset.from_tensor_slices(x_train[order]).batch(batch)
-            for x in data.prefetch(tf.data.AUTOTUNE):
-                rows = int(x.shape[0])
+            data = data.prefetch(tf.data.AUTOTUNE)
+            if self.replicas > 1:
+                data = self.strategy.experimental_distribute_dataset(data)
+            for x in data:
+                rows = self._rows(x)
                 if self.sgld:
                     self.temperature_var.assign(sgld_temperature(cfg, step))
                 if (step + 1) % every == 0 and rows == batch:
-                    measured = self._measure_step(x)
+                    measured = self._measure_step(self._gathered(x))
                     step += 1
                     self._record(step, measured, batch)
+                elif self.replicas > 1:
+                    self._train_step(x, tf.constant(rows, tf.float32))
+                    step += 1
                 else:
                     self._train_step(x)
                     step += 1
@@ -376,6 +517,17 @@ class Trainer:
             samples_per_second=seen / seconds if seconds > 0 else float("nan"),
             history=history,
         )
+
+    def _rows(self, x: Any) -> int:
+        if self.replicas == 1:
+            return int(x.shape[0])
+        return sum(int(part.shape[0]) for part in self.strategy.experimental_local_results(x))
+
+    def _gathered(self, x: Any) -> tf.Tensor:
+        """The whole batch of a distributed one, for a measuring step."""
+        if self.replicas == 1:
+            return x
+        return tf.concat(self.strategy.experimental_local_results(x), axis=0)
 
     def _extra_names(self, x: np.ndarray) -> list[str]:
         _, extras = self.objective.per_example_loss(tf.constant(x), tf.constant([0, 0]), False)

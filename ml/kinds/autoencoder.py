@@ -4,7 +4,7 @@ normal data, and the thermodynamic training telemetry of every gradient-trained 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -72,6 +72,7 @@ class AutoencoderParams(StrictModel):
 
 class AutoencoderSpec(JobSpec):
     kind: Literal["autoencoder"]
+    distributable: ClassVar[bool] = True
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: AutoencoderParams = Field(default_factory=AutoencoderParams)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -106,5 +107,7 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
 )
 def run(spec: AutoencoderSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.anomaly import train_autoencoding
+    from ml.training import job_devices
 
-    return train_autoencoding("autoencoder", spec, reporter, context, sorted(SERVES))
+    with job_devices(spec.resources):
+        return train_autoencoding("autoencoder", spec, reporter, context, sorted(SERVES))

@@ -5,7 +5,7 @@ bound as an anomaly score, and the forward chain's entropy production."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -88,6 +88,7 @@ class DiffusionTraining(TrainingConfig):
 
 class DiffusionSpec(JobSpec):
     kind: Literal["diffusion"]
+    distributable: ClassVar[bool] = True
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: DiffusionParams = Field(default_factory=DiffusionParams)
     training: DiffusionTraining = Field(default_factory=DiffusionTraining)
@@ -122,5 +123,7 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
 )
 def run(spec: DiffusionSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.diffusion_model import train_diffusion
+    from ml.training import job_devices
 
-    return train_diffusion(spec, reporter, context, sorted(SERVES))
+    with job_devices(spec.resources):
+        return train_diffusion(spec, reporter, context, sorted(SERVES))

@@ -4,7 +4,7 @@ F = distortion + β·rate (−ELBO), its anomaly score the −ELBO of a row."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,7 @@ class VaeParams(AutoencoderParams):
 
 class VaeSpec(JobSpec):
     kind: Literal["vae"]
+    distributable: ClassVar[bool] = True
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: VaeParams = Field(default_factory=VaeParams)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -59,5 +60,7 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
 )
 def run(spec: VaeSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.anomaly import train_autoencoding
+    from ml.training import job_devices
 
-    return train_autoencoding("vae", spec, reporter, context, sorted(SERVES))
+    with job_devices(spec.resources):
+        return train_autoencoding("vae", spec, reporter, context, sorted(SERVES))
