@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from ml.datasets import load_builtin
 from ml.registry import get_kind
 from ml.reporting import MemoryReporter, RunContext
+from tests.conftest import RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING = {"epochs": 3, "batch_size": 64, "seed": 0, "telemetry": {"every_steps": 3}}
@@ -168,3 +169,17 @@ def test_devices_are_bounded() -> None:
         {"kind": "autoencoder", "dataset": "builtin:digits", "resources": {"devices": 4}}
     )
     assert ok.resources.devices == 4
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher(run_inline=False)  # accepting is the point here, not training
+
+
+def test_the_api_refuses_devices_for_a_kind_on_one_device(client: Any) -> None:
+    spec = {"kind": "kmeans", "dataset": "builtin:digits", "resources": {"devices": 2}}
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 422
+    assert "resources.devices must be 1" in response.json()["error"]["message"]
+    spec = {"kind": "autoencoder", "dataset": "builtin:digits", "resources": {"devices": 2}}
+    assert client.post("/v1/jobs", json=spec).status_code == 202
