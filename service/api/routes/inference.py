@@ -16,9 +16,9 @@ import time
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.serving import UnsupportedOperation
@@ -132,8 +132,15 @@ async def _read_rows(request: Request) -> np.ndarray | list[Any]:
         except (ValueError, OSError) as exc:
             raise ServiceError("validation_error", f"the body is not a .npy array: {exc}") from None
     try:
-        parsed = json.loads(body)
-        return Rows.model_validate(parsed).inputs
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            parsed = json.loads(body)  # also reads NaN and Infinity, which are refused below
+        if isinstance(parsed, dict) and parsed.keys() == {"inputs"} and parsed["inputs"]:
+            inputs = parsed["inputs"]
+            if isinstance(inputs, list):
+                return inputs
+        return Rows.model_validate(parsed).inputs  # not the usual shape: say what is wrong
     except ValueError as exc:  # json.JSONDecodeError and pydantic.ValidationError
         message = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
         raise ServiceError(
@@ -191,7 +198,8 @@ def _respond(request: Request, operation: str, answer: dict[str, Any]) -> Respon
             if not isinstance(v, np.ndarray) and v is not None
         }
         return Response(buffer.getvalue(), media_type=NPY, headers=headers)
-    return JSONResponse({key: to_json_array(value) for key, value in answer.items()})
+    body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY, default=to_json_array)
+    return Response(body, media_type="application/json")
 
 
 async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) -> Response:
@@ -202,7 +210,7 @@ async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) 
     started = time.perf_counter()
     try:
         if settings.batching:
-            batcher = await run_in_threadpool(
+            batcher = cache.ready_batcher(info, operation) or await run_in_threadpool(
                 cache.batcher, info, operation, settings.batch_max_rows, settings.batch_max_wait
             )
             answer = await batcher.submit(x)
