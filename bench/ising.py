@@ -5,10 +5,13 @@
 - `numba_per_spin`: a straightforward Numba kernel (typewriter sweep, acceptance table,
   `np.random.random()`), the reference the 2x target is measured against;
 - `numpy_checkerboard`: the vectorised NumPy checkerboard with a lookup table;
-- `python_per_spin`: a plain Python loop (small L only).
+- `python_per_spin`: a plain Python loop (small L only);
+- `tensorflow`: the kind's `backend: tensorflow` (`ml.simulation_tf.IsingLattice`: the two
+  colours as L × L/2 arrays, tf.roll neighbour sums, stateless draws, one `tf.while_loop` per
+  call), on the GPU when there is one.
 
 All at T = T_c (J = 1, h = 0) after a warm-up; each figure is the median over repeats of
-(L² × sweeps) / seconds. Compile time is excluded and reported separately.
+(L² × sweeps) / seconds. Compile (or graph tracing) time is excluded and reported separately.
 
     python bench/ising.py [--quick] [--repeats 5]
 """
@@ -30,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table, write_report
 from ml.kinds.ising import CRITICAL_TEMPERATURE, lattice_sums, row_states, run_sweeps, thresholds
+from ml.simulation_tf import IsingLattice, device_name
 
 TEMPERATURE = CRITICAL_TEMPERATURE
 
@@ -144,6 +148,17 @@ def bench_size(size: int, flips: float, repeats: int, slow_max_size: int) -> lis
             lambda n: numpy_checkerboard(slow, accept, n),
         )
     )
+    graph = IsingLattice(size, key=0)
+    graph.load(start.copy())
+    rows.append(
+        time_kernel(
+            "tensorflow",
+            size,
+            max(2, sweeps // 10),
+            repeats,
+            lambda n: graph.sweeps(table_, n),
+        )
+    )
     if size <= slow_max_size:
         nested = start.astype(int).tolist()
         accept_list = accept.tolist()
@@ -174,7 +189,7 @@ def main() -> None:
     columns = ["kernel", "L", "sweeps", "median_mflips_s", "vs_numba_per_spin", "first_call_s"]
     print(
         f"2D Ising Metropolis at T = T_c, {numba.get_num_threads()} Numba threads, "
-        f"median of {repeats} (M flips/s)"
+        f"TensorFlow on {device_name()}, median of {repeats} (M flips/s)"
     )
     print(table(rows, columns))
     path = write_report(
@@ -182,6 +197,7 @@ def main() -> None:
         {
             "temperature": TEMPERATURE,
             "threads": numba.get_num_threads(),
+            "tensorflow_device": device_name(),
             "repeats": repeats,
             "quick": args.quick,
             "rows": rows,

@@ -3,7 +3,9 @@
 - `thermoml`: the kind's kernel (`ml.kinds.langevin.advance`: walkers in 64 blocks run in
   parallel, each with its own xoshiro256+ stream and a ziggurat for the normals), measuring
   Σx, Σx², Σx⁴ on the way as in the measured half of a job;
-- `numpy_loop`: x += drift·h/γ + √(2Th/γ)·rng.standard_normal(n), one vectorised step at a time.
+- `numpy_loop`: x += drift·h/γ + √(2Th/γ)·rng.standard_normal(n), one vectorised step at a time;
+- `tensorflow`: the kind's `backend: tensorflow` (`ml.simulation_tf.LangevinWalkers`: stateless
+  normals, per-walker Σx, Σx², Σx⁴, one `tf.while_loop` per call), on the GPU when there is one.
 
 Each figure is the median over repeats of (walkers × steps) / seconds; compile time excluded.
 
@@ -26,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table, write_report
 from ml.kinds.langevin import RNG_BLOCKS, LangevinParams, advance, coefficients, seed_states
+from ml.simulation_tf import LangevinWalkers, device_name
 
 CASES = {
     "harmonic/exact": {"potential": "harmonic", "integrator": "exact"},
@@ -80,6 +83,13 @@ def bench_case(case: str, walkers: int, work: float, repeats: int) -> list[dict]
         advance(x, states, n, mode, c1, c2, c3, sums, True)
 
     rows.append(measure("thermoml", case, walkers, steps, repeats, thermoml))
+    graph = LangevinWalkers(walkers, 0.0, (mode, c1, c2, c3), RNG_BLOCKS, key=0)
+
+    def tensorflow(n: int) -> None:
+        graph.advance(n, True)
+        float(graph.x[0])  # waits for the device
+
+    rows.append(measure("tensorflow", case, walkers, max(2, steps // 5), repeats, tensorflow))
     if p.integrator == "euler_maruyama":
         y, rng = np.zeros(walkers), np.random.default_rng(0)
         rows.append(
@@ -113,11 +123,16 @@ def main() -> None:
             r["vs_numpy_loop"] = r["median_msteps_s"] / reference  # type: ignore[operator]
     columns = ["kernel", "case", "walkers", "steps", "median_msteps_s", "vs_numpy_loop"]
     print(
-        f"Overdamped Langevin, {numba.get_num_threads()} Numba threads, "
-        f"median of {repeats} (M walker-steps/s)"
+        f"Overdamped Langevin, {numba.get_num_threads()} Numba threads, TensorFlow on "
+        f"{device_name()}, median of {repeats} (M walker-steps/s)"
     )
     print(table(rows, columns))
-    report = {"threads": numba.get_num_threads(), "repeats": repeats, "quick": args.quick}
+    report = {
+        "threads": numba.get_num_threads(),
+        "tensorflow_device": device_name(),
+        "repeats": repeats,
+        "quick": args.quick,
+    }
     path = write_report("langevin", {**report, "rows": rows})
     print(f"wrote {path}")
 

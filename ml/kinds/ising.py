@@ -10,12 +10,15 @@ integers from the accepted flips.
 
 Per temperature: `burn_in` sweeps, then `sweeps` measured ones split into `BATCHES` batches
 for the standard errors (batch means; jackknife over batches for c and χ).
+
+`backend: tensorflow` sweeps with `ml.simulation_tf` instead: the same checkerboard Metropolis
+and thresholds, with the two colours as arrays rolled for the neighbour sums.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numba
 import numpy as np
@@ -35,6 +38,7 @@ BATCHES = 20
 PARALLEL_MIN_SIZE = 128  # below this a parallel region costs more than the half-sweep it runs
 CRITICAL_TEMPERATURE = 2 / math.log(1 + math.sqrt(2))  # in units of J
 _ALWAYS = 1 << 53
+TF_STREAM = 3  # the label of the sweeps' stateless stream, see `ml.simulation_tf.stream_key`
 
 
 class IsingParams(StrictModel):
@@ -56,6 +60,13 @@ class IsingParams(StrictModel):
     seed: int = Field(0, ge=0)
     record_every: int | None = Field(
         None, ge=1, description="Record every n-th sweep (default: at most 1000 points in all)."
+    )
+    backend: Literal["numba", "tensorflow"] = Field(
+        "numba",
+        description="`numba`: int8 lattice, rows in parallel, the fastest choice on a CPU. "
+        "`tensorflow`: the same checkerboard Metropolis in TensorFlow (stateless seeded draws); "
+        "worth it for large lattices (L of 1024 and up) on a job that has a GPU "
+        "(`resources.gpu`), which it uses.",
     )
 
     @model_validator(mode="after")
@@ -214,6 +225,45 @@ def run_sweeps(
     return out, int(bond), int(magnet)
 
 
+class Lattice(Protocol):
+    """A backend's lattice: `load` a configuration, then sweep it."""
+
+    device: str
+
+    def load(self, spins: np.ndarray) -> None: ...
+
+    def sweeps(self, table: np.ndarray, n: int) -> np.ndarray:
+        """n sweeps at these thresholds; the per-sweep (bond, magnet, accepted), int64."""
+        ...
+
+
+class NumbaLattice:
+    """The lattice of the `numba` backend: int8 spins swept by :func:`run_sweeps`."""
+
+    device = "cpu"
+
+    def __init__(self, p: IsingParams) -> None:
+        self.states = row_states(p.seed, p.size)
+
+    def load(self, spins: np.ndarray) -> None:
+        self.spins = spins
+        self.bond, self.magnet = lattice_sums(spins)
+
+    def sweeps(self, table: np.ndarray, n: int) -> np.ndarray:
+        out, self.bond, self.magnet = run_sweeps(
+            self.spins, table, self.states, self.bond, self.magnet, n
+        )
+        return out
+
+
+def lattice_for(p: IsingParams) -> Lattice:
+    if p.backend == "numba":
+        return NumbaLattice(p)
+    from ml.simulation_tf import IsingLattice, stream_key
+
+    return IsingLattice(p.size, stream_key(p.seed, TF_STREAM))
+
+
 def lattice_sums(spins: np.ndarray) -> tuple[int, int]:
     """(−Σ_⟨ij⟩ s_i s_j, Σ s_i) of a periodic lattice."""
     s = spins.astype(np.int64)
@@ -332,23 +382,19 @@ def run(spec: IsingSpec, reporter: Reporter, context: RunContext | None = None) 
     per_temperature = p.burn_in + p.sweeps
     total_sweeps = per_temperature * len(p.temperatures)
     every = p.record_every or max(1, math.ceil(total_sweeps / MAX_RECORDED_POINTS))
-    states = row_states(p.seed, p.size)
+    lattice = lattice_for(p)
     lattice_rng = np.random.default_rng([p.seed, 2])
-    spins = initial_lattice(p, lattice_rng)
     results = []
     for index, temperature in enumerate(p.temperatures):
-        if index > 0 and p.start != "previous":
-            spins = initial_lattice(p, lattice_rng)
+        if index == 0 or p.start != "previous":
+            lattice.load(initial_lattice(p, lattice_rng))
         table = thresholds(temperature, p.coupling, p.field)
-        bond, magnet = lattice_sums(spins)
         offset = index * per_temperature
         series = np.empty((per_temperature, 3), np.int64)
         done = 0
         while done < per_temperature:
             n = min(every - done % every, per_temperature - done)
-            series[done : done + n], bond, magnet = run_sweeps(
-                spins, table, states, bond, magnet, n
-            )
+            series[done : done + n] = lattice.sweeps(table, n)
             chunk = series[done : done + n]
             done += n
             e = (p.coupling * chunk[:, 0] - p.field * chunk[:, 1]) / n_spins
@@ -378,5 +424,6 @@ def run(spec: IsingSpec, reporter: Reporter, context: RunContext | None = None) 
         "size": p.size,
         "critical_temperature": CRITICAL_TEMPERATURE * abs(p.coupling),
         "sweeps_per_temperature": per_temperature,
+        "backend": p.backend,
     }
-    return RunOutcome(result=result)
+    return RunOutcome(result=result, device=lattice.device)

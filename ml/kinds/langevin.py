@@ -8,13 +8,14 @@ variance is (T/κ)/(1 − h/(2τ)). With no work done on the walkers the heat gi
 
 Stationary statistics use the second half of the steps. Walkers are split into `RNG_BLOCKS`
 fixed blocks, each with its own random stream: the blocks make the result independent of the
-thread count and are the independent replicates of the standard errors.
+thread count and are the independent replicates of the standard errors. `backend: tensorflow`
+steps the walkers with `ml.simulation_tf` instead (same blocks, same summaries).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numba
 import numpy as np
@@ -36,6 +37,7 @@ ACF_GROUPS = 20
 MAX_ACF_LAGS = 100
 MAX_ORACLE_GRID = 2000
 BOLTZMANN_GRID = 20_001
+TF_STREAM = 1  # the label of the walkers' stateless stream, see `ml.simulation_tf.stream_key`
 # Beyond U = 40 T the Boltzmann weight is below 5e-18: the oracles integrate inside that range.
 ORACLE_ENERGY_RANGE = 40.0
 
@@ -57,6 +59,13 @@ class LangevinParams(StrictModel):
     seed: int = Field(0, ge=0)
     record_every: int | None = Field(
         None, ge=1, description="Record every n-th step (default: at most 1000 points)."
+    )
+    backend: Literal["numba", "tensorflow"] = Field(
+        "numba",
+        description="`numba`: parallel CPU kernel, the fastest choice on a CPU. `tensorflow`: "
+        "the same dynamics, blocks and result keys in TensorFlow (float64, stateless seeded "
+        "draws); worth it for large walker counts (10⁶ and up) on a job that has a GPU "
+        "(`resources.gpu`), which it uses.",
     )
 
     @model_validator(mode="after")
@@ -249,6 +258,49 @@ def advance(
         sums[b, 2] += s4
 
 
+class Walkers(Protocol):
+    """A backend's walkers: positions, and Σx, Σx², Σx⁴ per block over the measured steps."""
+
+    device: str
+
+    def advance(self, n_steps: int, measure: bool) -> None: ...
+
+    def positions(self) -> np.ndarray: ...
+
+    def block_sums(self) -> np.ndarray: ...
+
+
+class NumbaWalkers:
+    """The walkers of the `numba` backend, moved by :func:`advance`."""
+
+    device = "cpu"
+
+    def __init__(self, p: LangevinParams) -> None:
+        self.coefficients = coefficients(p)
+        self.x = np.full(p.walkers, p.initial_position, dtype=np.float64)
+        self.states = seed_states(p.seed, RNG_BLOCKS)
+        self.sums = np.zeros((RNG_BLOCKS, 3))
+
+    def advance(self, n_steps: int, measure: bool) -> None:
+        advance(self.x, self.states, n_steps, *self.coefficients, self.sums, measure)
+
+    def positions(self) -> np.ndarray:
+        return self.x
+
+    def block_sums(self) -> np.ndarray:
+        return self.sums
+
+
+def walkers_for(p: LangevinParams) -> Walkers:
+    """The walkers of `p.backend`, at `initial_position`."""
+    if p.backend == "numba":
+        return NumbaWalkers(p)
+    from ml.simulation_tf import LangevinWalkers, stream_key
+
+    key = stream_key(p.seed, TF_STREAM)
+    return LangevinWalkers(p.walkers, p.initial_position, coefficients(p), RNG_BLOCKS, key)
+
+
 def coefficients(p: LangevinParams) -> tuple[int, float, float, float]:
     """(mode, c1, c2, c3) of :func:`advance` for these params."""
     h, gamma, temp = p.dt, p.friction, p.temperature
@@ -395,10 +447,8 @@ def _acf_result(
 )
 def run(spec: LangevinSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
-    mode, c1, c2, c3 = coefficients(p)
-    x = np.full(p.walkers, p.initial_position, dtype=np.float64)
-    states = seed_states(p.seed, RNG_BLOCKS)
-    sums = np.zeros((RNG_BLOCKS, 3))
+    walkers = walkers_for(p)
+    x = walkers.positions()
     burn_in = p.steps // 2
     every = p.record_every or max(1, math.ceil(p.steps / MAX_RECORDED_POINTS))
     recorded = set(range(0, p.steps + 1, every)) | {p.steps}
@@ -411,10 +461,11 @@ def run(spec: LangevinSpec, reporter: Reporter, context: RunContext | None = Non
 
     step = 0
     for target in sorted(recorded | {burn_in})[1:]:
-        advance(x, states, target - step, mode, c1, c2, c3, sums, step >= burn_in)
+        walkers.advance(target - step, step >= burn_in)
         step = target
         if target not in recorded:
             continue
+        x = walkers.positions()
         t, energy = step * p.dt, float(np.mean(p.energy(x)))
         if not math.isfinite(energy):
             raise JobFailed("diverged", f"walkers diverged by step {step}; lower dt")
@@ -434,7 +485,7 @@ def run(spec: LangevinSpec, reporter: Reporter, context: RunContext | None = Non
         reporter.progress(step / p.steps, step=step, total_steps=p.steps)
 
     block_walkers = np.diff(np.arange(RNG_BLOCKS + 1) * p.walkers // RNG_BLOCKS)
-    estimates = _block_estimates(p, sums, block_walkers * (p.steps - burn_in))
+    estimates = _block_estimates(p, walkers.block_sums(), block_walkers * (p.steps - burn_in))
     exact_variance, exact_energy = boltzmann_moments(p)
     integrator_variance, integrator_energy = integrator_moments(p)
     warning = None
@@ -458,6 +509,7 @@ def run(spec: LangevinSpec, reporter: Reporter, context: RunContext | None = Non
         "integrator": p.integrator,
         "steps": p.steps,
         "walkers": p.walkers,
+        "backend": p.backend,
         "warning": warning,
     }
-    return RunOutcome(result=result)
+    return RunOutcome(result=result, device=walkers.device)
