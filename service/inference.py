@@ -7,10 +7,14 @@ that needs a model, never at start-up. Eviction is by count and by estimated siz
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import shutil
+import sys
 import threading
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,10 +103,18 @@ class ModelCache:
             with self._lock:
                 entry = self._entries.get(key)
             if entry is None:
+                # Make room first, from the files' size: loading next to the models it will
+                # replace would hold both at once.
+                with self._lock:
+                    evicted = self._evict(incoming=estimated_bytes(info))
+                if evicted:
+                    release_memory()
                 entry = self._load(info)
                 with self._lock:
                     self._entries[key] = entry
-                    self._evict()
+                    evicted = self._evict()
+                if evicted:
+                    release_memory()
             with self._lock:
                 self._loading.pop(key, None)
         return entry.servable
@@ -120,6 +132,17 @@ class ModelCache:
             )
         return entry.batchers[operation]
 
+    def ready_batcher(self, info: ModelInfo, operation: str) -> Batcher | None:
+        """The batcher of a loaded model's operation, if it exists: a lookup that never blocks,
+        so a request can skip the thread pool that loading a model needs."""
+        key = f"{info.id}:{info.sha256}"
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry.batchers.get(operation)
+
     def discard(self, model_id: str) -> None:
         """Forget a deleted model."""
         with self._lock:
@@ -127,13 +150,20 @@ class ModelCache:
                 del self._entries[key]
         shutil.rmtree(self.folder / model_id, ignore_errors=True)
 
-    def _evict(self) -> None:
-        while len(self._entries) > 1 and (
-            len(self._entries) > self.max_models
-            or sum(e.bytes for e in self._entries.values()) > self.max_bytes
+    def _evict(self, incoming: int = 0) -> int:
+        """Drop least recently used models until the cache, plus `incoming` bytes and a model
+        about to load when `incoming` is set, fits its bounds; keeps the newest model."""
+        evicted = 0
+        keep = 0 if incoming else 1
+        extra = 1 if incoming else 0
+        while len(self._entries) > keep and (
+            len(self._entries) + extra > self.max_models
+            or sum(e.bytes for e in self._entries.values()) + incoming > self.max_bytes
         ):
             key, _ = self._entries.popitem(last=False)
+            evicted += 1
             log.info("model cache: evicted %s", key)
+        return evicted
 
     def _load(self, info: ModelInfo) -> _Entry:
         kind = get_kind(info.kind)
@@ -147,15 +177,32 @@ class ModelCache:
             "calibration": info.calibration,
             "capabilities": info.capabilities,
         }
+        runtime_loaded = "tensorflow" in sys.modules
         before = resident_bytes()
         servable = kind.load({k: Path(v) for k, v in files.items()}, meta)
         grown = resident_bytes() - before
-        # What the load really took (the first model also pays for TensorFlow itself, which
-        # eviction cannot give back: count at most 8x the files for it).
-        estimate = max(1, info.size_bytes) * MEMORY_PER_FILE_BYTE
+        if not runtime_loaded and "tensorflow" in sys.modules:
+            grown = 0  # that was TensorFlow starting, which eviction cannot give back
+        # What the load really took, within 8x the estimate.
+        estimate = estimated_bytes(info)
         size = max(estimate, min(grown, 8 * estimate)) if grown > 0 else estimate
         log.info("model cache: loaded %s (%s, ~%d KiB)", info.id, info.kind, size // 1024)
         return _Entry(servable, size)
+
+
+def estimated_bytes(info: ModelInfo) -> int:
+    return max(1, info.size_bytes) * MEMORY_PER_FILE_BYTE
+
+
+def release_memory() -> None:
+    """Free evicted models now and hand the memory back to the system.
+
+    A loaded Keras model and its compiled functions are reference cycles: only a full
+    collection frees one, and without it loads pile up. glibc then keeps the freed pages in its
+    arenas unless asked to trim them."""
+    gc.collect()
+    with suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def resident_bytes() -> int:

@@ -137,6 +137,32 @@ def test_model_cache_evicts_by_count(client: TestClient, rows: list, settings) -
     assert len(cache.loaded) == 2
 
 
+def test_model_cache_evicts_by_size_and_frees_what_it_evicts(client: TestClient, settings) -> None:  # type: ignore[no-untyped-def]
+    """A loaded Keras model is a reference cycle: unless the cache collects after evicting,
+    evicted models stay in memory until Python's next full collection (bench/memory.py)."""
+    import dataclasses
+    import gc
+    import weakref
+
+    from service.inference import ModelCache, ModelInfo
+    from service.storage import ArtifactStore
+
+    one, two = (train(client, "autoencoder", name=name) for name in ("one", "two"))
+    infos = [
+        ModelInfo(**{f.name: m[f.name] for f in dataclasses.fields(ModelInfo)}) for m in (one, two)
+    ]
+    tight = settings.model_copy(update={"model_cache_bytes": 1})  # by size: one model at a time
+    cache = ModelCache(tight, ArtifactStore.from_settings(tight))
+    gc.disable()  # no collection by chance: only the cache's own may free the evicted model
+    try:
+        evicted = weakref.ref(cache.get(infos[0]))
+        cache.get(infos[1])
+        assert cache.loaded == [f"{two['id']}:{two['sha256']}"]
+        assert evicted() is None
+    finally:
+        gc.enable()
+
+
 def npy(array: np.ndarray) -> bytes:
     import io
 
