@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -86,7 +87,7 @@ def principal_for(session: Session, secret: str) -> Principal | None:
     return Principal(key_id=key.id, name=key.name, scopes=frozenset(key.scopes))
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     _: HTTPAuthorizationCredentials | None = Depends(bearer_scheme),  # for the OpenAPI schema
 ) -> Principal:
@@ -108,8 +109,14 @@ def authenticate(
         raise ServiceError(
             "unauthorized", "this service needs an API key: send `Authorization: Bearer <key>`"
         )
-    with request.app.state.sessions() as session:
-        principal = principal_for(session, secret)
+
+    def lookup() -> Principal | None:
+        with request.app.state.sessions() as session:
+            return principal_for(session, secret)
+
+    # Only this lookup blocks: the dependency itself is async, so an open request costs no
+    # thread-pool hop.
+    principal = await run_in_threadpool(lookup)
     if principal is None:
         raise ServiceError("unauthorized", "the API key is unknown or revoked")
     if scope not in principal.scopes and "admin" not in principal.scopes:

@@ -4,6 +4,10 @@ Requests for one (model, operation) queue up while the model computes; when it i
 waiting rows (up to `max_rows`) run as one compiled call and the answers are split back. Under
 light load a request runs at once (a batch of one); under heavy load batches grow by themselves.
 `max_wait_s` > 0 additionally holds a lone request back that long for company.
+
+A lone request (the caller says no other is in flight) to a model whose last call took less than
+`INLINE_BELOW_S` runs on the event loop itself: handing it to a worker thread and back costs more
+than the call. Under concurrency requests always take the batching path.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 Compute = Callable[[np.ndarray], dict[str, Any]]
+INLINE_BELOW_S = 0.001
 
 
 @dataclass
@@ -35,10 +40,17 @@ class Batcher:
     busy: bool = False
     batches: int = 0
     rows: int = 0
+    last_call_s: float | None = None  # how long the last compute took
 
-    async def submit(self, rows: np.ndarray) -> dict[str, Any]:
+    async def submit(self, rows: np.ndarray, *, alone: bool = False) -> dict[str, Any]:
         if len(rows) >= self.max_rows:  # already a batch: nothing to gain by waiting
             return await run_in_threadpool(self.compute, rows)
+        if alone and self._quick_and_idle():
+            self.busy = True  # nothing else runs on the loop meanwhile; this is for clarity
+            try:
+                return self._timed(rows)
+            finally:
+                self.busy = False
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.queue.append(_Pending(rows, future))
         if not self.busy:
@@ -58,6 +70,23 @@ class Batcher:
         finally:
             self.busy = False
 
+    def _quick_and_idle(self) -> bool:
+        return (
+            not self.busy
+            and not self.queue
+            and self.max_wait_s == 0
+            and self.last_call_s is not None
+            and self.last_call_s < INLINE_BELOW_S
+        )
+
+    def _timed(self, rows: np.ndarray) -> dict[str, Any]:
+        started = time.perf_counter()
+        answer = self.compute(rows)
+        self.last_call_s = time.perf_counter() - started
+        self.batches += 1
+        self.rows += len(rows)
+        return answer
+
     def _queued_rows(self) -> int:
         return sum(len(p.rows) for p in self.queue)
 
@@ -76,14 +105,12 @@ class Batcher:
         sizes = [len(p.rows) for p in batch]
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         try:
-            answer = await run_in_threadpool(self.compute, rows)
+            answer = await run_in_threadpool(self._timed, rows)
         except Exception as exc:  # every request of the batch gets the error
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        self.batches += 1
-        self.rows += len(rows)
         for pending, part in zip(batch, split(answer, sizes), strict=True):
             if not pending.future.done():
                 pending.future.set_result(part)

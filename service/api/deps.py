@@ -75,15 +75,15 @@ def _close(session: Session) -> None:
             session.invalidate()
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     return request.app.state.publisher  # type: ignore[no-any-return]
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """The authenticated caller (set by the app-wide `service.auth.authenticate`)."""
     return current(request)
 

@@ -231,3 +231,41 @@ def test_micro_batches_answer_like_single_requests() -> None:
     asyncio.run(scenario())
     assert len(calls) < 20  # requests were combined
     assert sum(calls) == sum(i % 3 + 1 for i in range(20))
+
+
+def test_quick_lone_calls_run_on_the_loop_and_slow_ones_in_a_thread() -> None:
+    import asyncio
+    import threading
+    import time
+
+    from service.batching import INLINE_BELOW_S, Batcher
+
+    threads: list[str] = []
+
+    def quick(x: np.ndarray) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return {"scores": x.sum(axis=1)}
+
+    def slow(x: np.ndarray) -> dict[str, Any]:
+        time.sleep(2 * INLINE_BELOW_S)
+        return quick(x)
+
+    async def scenario(compute: Any) -> str:
+        loop_thread = threading.current_thread().name
+        batcher = Batcher(compute, max_rows=64, max_wait_s=0.0)
+        for i in range(3):  # the first call is timed in a thread; later ones may run inline
+            answer = await batcher.submit(np.full((1, 2), float(i)), alone=True)
+            np.testing.assert_array_equal(answer["scores"], [2.0 * i])
+        # Concurrent requests still batch (in a thread), whatever the last call took.
+        before = len(threads)
+        answers = await asyncio.gather(*(batcher.submit(np.ones((1, 2))) for _ in range(8)))
+        assert all(a["scores"][0] == 2.0 for a in answers)
+        assert loop_thread not in threads[before:] and len(threads) - before < 8
+        return loop_thread
+
+    threads.clear()
+    loop_thread = asyncio.run(scenario(quick))
+    assert threads[0] != loop_thread and threads[1:3] == [loop_thread, loop_thread]
+    threads.clear()
+    loop_thread = asyncio.run(scenario(slow))
+    assert loop_thread not in threads

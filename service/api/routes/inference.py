@@ -42,7 +42,7 @@ PRIMARY = {
 }
 
 
-def get_model_cache(request: Request) -> ModelCache:
+async def get_model_cache(request: Request) -> ModelCache:
     """The app's loaded-model cache, made on first use (so start-up loads no model code)."""
     state = request.app.state
     cache = getattr(state, "model_cache", None)
@@ -128,7 +128,7 @@ async def _read_rows(request: Request) -> np.ndarray | list[Any]:
     body = await request.body()
     if request.headers.get("content-type", "").split(";")[0].strip() == NPY:
         try:
-            return np.load(io.BytesIO(body), allow_pickle=False)
+            return _npy(body)
         except (ValueError, OSError) as exc:
             raise ServiceError("validation_error", f"the body is not a .npy array: {exc}") from None
     try:
@@ -146,6 +146,23 @@ async def _read_rows(request: Request) -> np.ndarray | list[Any]:
         raise ServiceError(
             "validation_error", f'send {{"inputs": [[…], …]}} or an {NPY} body: {message}'
         ) from None
+
+
+def _npy(body: bytes) -> np.ndarray:
+    """A .npy body as an array over the body's own bytes (no copy for C-ordered arrays)."""
+    header = io.BytesIO(body)
+    version = np.lib.format.read_magic(header)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted")
+    count = int(np.prod(shape))
+    if len(body) - header.tell() != count * dtype.itemsize:
+        raise ValueError(f"the header announces {count} values of {dtype}; the data differs")
+    flat = np.frombuffer(body, dtype=dtype, count=count, offset=header.tell())
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _rows(raw: np.ndarray | list[Any], info: ModelInfo, limit: int) -> np.ndarray:
@@ -203,6 +220,15 @@ def _respond(request: Request, operation: str, answer: dict[str, Any]) -> Respon
 
 
 async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) -> Response:
+    state = request.app.state
+    state.inferences_in_flight = getattr(state, "inferences_in_flight", 0) + 1
+    try:
+        return await _infer_rows(request, cache, ref, operation)
+    finally:
+        state.inferences_in_flight -= 1
+
+
+async def _infer_rows(request: Request, cache: ModelCache, ref: str, operation: str) -> Response:
     settings = request.app.state.settings
     info = await _info(request, ref)
     _check_serves(info, ref, operation)
@@ -213,7 +239,7 @@ async def _infer(request: Request, cache: ModelCache, ref: str, operation: str) 
             batcher = cache.ready_batcher(info, operation) or await run_in_threadpool(
                 cache.batcher, info, operation, settings.batch_max_rows, settings.batch_max_wait
             )
-            answer = await batcher.submit(x)
+            answer = await batcher.submit(x, alone=request.app.state.inferences_in_flight == 1)
         else:
             servable = await run_in_threadpool(cache.get, info)
             answer = await run_in_threadpool(servable.run, operation, x)
