@@ -41,11 +41,12 @@ class Batcher:
     batches: int = 0
     rows: int = 0
     last_call_s: float | None = None  # how long the last compute took
+    last_call_rows: int = 0  # on how many rows
 
     async def submit(self, rows: np.ndarray, *, alone: bool = False) -> dict[str, Any]:
         if len(rows) >= self.max_rows:  # already a batch: nothing to gain by waiting
             return await run_in_threadpool(self.compute, rows)
-        if alone and self._quick_and_idle():
+        if alone and len(rows) <= self.last_call_rows and self._quick_and_idle():
             self.busy = True  # nothing else runs on the loop meanwhile; this is for clarity
             try:
                 return self._timed(rows)
@@ -83,6 +84,7 @@ class Batcher:
         started = time.perf_counter()
         answer = self.compute(rows)
         self.last_call_s = time.perf_counter() - started
+        self.last_call_rows = len(rows)
         self.batches += 1
         self.rows += len(rows)
         return answer

@@ -103,13 +103,14 @@ class ModelCache:
             with self._lock:
                 entry = self._entries.get(key)
             if entry is None:
+                files = self._download(info)  # a store that fails costs no loaded model
                 # Make room first, from the files' size: loading next to the models it will
                 # replace would hold both at once.
                 with self._lock:
                     evicted = self._evict(incoming=estimated_bytes(info))
                 if evicted:
                     release_memory()
-                entry = self._load(info)
+                entry = self._load(info, files)
                 with self._lock:
                     self._entries[key] = entry
                     evicted = self._evict()
@@ -165,12 +166,15 @@ class ModelCache:
             log.info("model cache: evicted %s", key)
         return evicted
 
-    def _load(self, info: ModelInfo) -> _Entry:
-        kind = get_kind(info.kind)
-        if kind.load is None:
+    def _download(self, info: ModelInfo) -> dict[str, Any]:
+        if get_kind(info.kind).load is None:
             raise ServiceError("unsupported_operation", f"kind {info.kind!r} serves nothing")
         folder = self.folder / info.id / info.sha256[:16]
-        files = self.store.download_files(info.files, folder)
+        return self.store.download_files(info.files, folder)  # type: ignore[no-any-return]
+
+    def _load(self, info: ModelInfo, files: dict[str, Any]) -> _Entry:
+        kind = get_kind(info.kind)
+        assert kind.load is not None  # checked by _download
         meta = {
             "input_shape": info.input_shape,
             "preprocessing": info.preprocessing,

@@ -163,6 +163,24 @@ def test_model_cache_evicts_by_size_and_frees_what_it_evicts(client: TestClient,
         gc.enable()
 
 
+def test_a_model_that_cannot_be_fetched_evicts_nothing(client: TestClient, settings) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from service.inference import ModelCache, ModelInfo
+    from service.storage import ArtifactStore
+
+    one = train(client, "autoencoder", name="one")
+    info = ModelInfo(**{f.name: one[f.name] for f in dataclasses.fields(ModelInfo)})
+    tight = settings.model_copy(update={"model_cache_models": 1})
+    cache = ModelCache(tight, ArtifactStore.from_settings(tight))
+    cache.get(info)
+    missing = {name: {**entry, "key": entry["key"] + ".gone"} for name, entry in info.files.items()}
+    broken = dataclasses.replace(info, id="broken", files=missing)
+    with pytest.raises(Exception):  # noqa: B017  (whatever the store raises)
+        cache.get(broken)
+    assert cache.loaded == [f"{info.id}:{info.sha256}"]
+
+
 def npy(array: np.ndarray) -> bytes:
     import io
 
@@ -266,6 +284,29 @@ def test_quick_lone_calls_run_on_the_loop_and_slow_ones_in_a_thread() -> None:
     threads.clear()
     loop_thread = asyncio.run(scenario(quick))
     assert threads[0] != loop_thread and threads[1:3] == [loop_thread, loop_thread]
+
+    async def more_rows_than_last_time() -> str:
+        batcher = Batcher(quick, max_rows=64, max_wait_s=0.0)
+        await batcher.submit(np.ones((1, 2)), alone=True)
+        await batcher.submit(np.ones((1, 2)), alone=True)
+        await batcher.submit(np.ones((40, 2)), alone=True)  # unmeasured size: in a thread
+        return threading.current_thread().name
+
+    threads.clear()
+    loop_thread = asyncio.run(more_rows_than_last_time())
+    assert threads[1] == loop_thread and threads[2] != loop_thread
     threads.clear()
     loop_thread = asyncio.run(scenario(slow))
     assert loop_thread not in threads
+
+
+def test_npy_bodies_that_hold_no_numeric_rows_are_422(client: TestClient) -> None:
+    train(client, "autoencoder", name="one")
+    for body in (np.float32(1.0), np.zeros((10, 3), dtype="V0"), np.array([["a"] * 30])):
+        response = client.post(
+            "/v1/models/one/score",
+            content=npy(np.asarray(body)),
+            headers={"content-type": "application/x-npy"},
+        )
+        assert response.status_code == 422, body
+        assert "not a .npy array" in response.json()["error"]["message"]

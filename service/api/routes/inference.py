@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from typing import Annotated, Any
 
@@ -129,7 +130,7 @@ async def _read_rows(request: Request) -> np.ndarray | list[Any]:
     if request.headers.get("content-type", "").split(";")[0].strip() == NPY:
         try:
             return _npy(body)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, OverflowError) as exc:
             raise ServiceError("validation_error", f"the body is not a .npy array: {exc}") from None
     try:
         try:
@@ -156,9 +157,11 @@ def _npy(body: bytes) -> np.ndarray:
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
     else:
         shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
-    if dtype.hasobject:
-        raise ValueError("object arrays are not accepted")
-    count = int(np.prod(shape))
+    if dtype.kind not in "biuf" or dtype.itemsize == 0:
+        raise ValueError(f"numbers are expected, not {dtype}")
+    if len(shape) == 0:
+        raise ValueError("a 0-d array holds no rows")
+    count = math.prod(shape)
     if len(body) - header.tell() != count * dtype.itemsize:
         raise ValueError(f"the header announces {count} values of {dtype}; the data differs")
     flat = np.frombuffer(body, dtype=dtype, count=count, offset=header.tell())
