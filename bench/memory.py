@@ -40,7 +40,14 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import table, write_report  # noqa: E402
-from bench.serving import THERMOML, api, free_port, process, wait_ready  # noqa: E402
+from bench.serving import (  # noqa: E402
+    THERMOML,
+    api,
+    free_port,
+    process,
+    run_jobs,
+    wait_ready,
+)
 from service.inference import MEMORY_PER_FILE_BYTE  # noqa: E402
 
 MIB = 1 << 20
@@ -92,15 +99,7 @@ def train(work: Path, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         api(work) as url,
         httpx.Client(base_url=url, timeout=60) as client,
     ):
-        jobs = [client.post("/v1/jobs", json=s).json()["id"] for s in specs]
-        for job_id in jobs:
-            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in (
-                "queued",
-                "running",
-            ):
-                time.sleep(0.5)
-            if job["status"] != "succeeded":
-                raise RuntimeError(f"training failed: {job['error']}")
+        run_jobs(client, specs)
         by_name = {
             m["name"]: m for m in client.get("/v1/models", params={"limit": 500}).json()["items"]
         }

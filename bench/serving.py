@@ -123,15 +123,17 @@ def train_models(work: Path, quick: bool) -> None:
                 "training": {"epochs": 1},
             },
         ]
-        jobs = [client.post("/v1/jobs", json=spec).json()["id"] for spec in specs]
-        for job_id in jobs:
-            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in (
-                "queued",
-                "running",
-            ):
-                time.sleep(0.5)
-            if job["status"] != "succeeded":
-                raise RuntimeError(f"training failed: {job['error']}")
+        run_jobs(client, specs)
+
+
+def run_jobs(client: httpx.Client, specs: list[dict[str, Any]]) -> None:
+    """Submit the jobs and wait until each has succeeded (raise if one fails)."""
+    jobs = [client.post("/v1/jobs", json=spec).json()["id"] for spec in specs]
+    for job_id in jobs:
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            time.sleep(0.5)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"training failed: {job['error']}")
 
 
 def in_process(work: Path, ref: str) -> Any:

@@ -47,11 +47,7 @@ class Batcher:
         if len(rows) >= self.max_rows:  # already a batch: nothing to gain by waiting
             return await run_in_threadpool(self.compute, rows)
         if alone and len(rows) <= self.last_call_rows and self._quick_and_idle():
-            self.busy = True  # nothing else runs on the loop meanwhile; this is for clarity
-            try:
-                return self._timed(rows)
-            finally:
-                self.busy = False
+            return self._timed(rows)  # no await: nothing else runs on the loop meanwhile
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.queue.append(_Pending(rows, future))
         if not self.busy:

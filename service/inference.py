@@ -166,13 +166,13 @@ class ModelCache:
             log.info("model cache: evicted %s", key)
         return evicted
 
-    def _download(self, info: ModelInfo) -> dict[str, Any]:
+    def _download(self, info: ModelInfo) -> dict[str, Path]:
         if get_kind(info.kind).load is None:
             raise ServiceError("unsupported_operation", f"kind {info.kind!r} serves nothing")
         folder = self.folder / info.id / info.sha256[:16]
-        return self.store.download_files(info.files, folder)  # type: ignore[no-any-return]
+        return self.store.download_files(info.files, folder)
 
-    def _load(self, info: ModelInfo, files: dict[str, Any]) -> _Entry:
+    def _load(self, info: ModelInfo, files: dict[str, Path]) -> _Entry:
         kind = get_kind(info.kind)
         assert kind.load is not None  # checked by _download
         meta = {
@@ -183,7 +183,7 @@ class ModelCache:
         }
         runtime_loaded = "tensorflow" in sys.modules
         before = resident_bytes()
-        servable = kind.load({k: Path(v) for k, v in files.items()}, meta)
+        servable = kind.load(files, meta)
         grown = resident_bytes() - before
         if not runtime_loaded and "tensorflow" in sys.modules:
             grown = 0  # that was TensorFlow starting, which eviction cannot give back
