@@ -45,7 +45,9 @@ def machine() -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(value: Any) -> str:
-        return f"{value:.1f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+        return str(value)
 
     widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]

@@ -69,6 +69,13 @@ def test_bad_inputs_get_clear_4xx(client: TestClient, rows: list) -> None:
     nan_row = '{"inputs": [[' + ", ".join(["NaN"] + ["1.0"] * 29) + "]]}"
     response = client.post(url, content=nan_row, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "non-finite" in response.json()["error"]["message"]
+    with_inf = np.ones((3, 30), dtype=np.float32)
+    with_inf[2, 7] = np.inf
+    response = client.post(
+        url, content=npy(with_inf), headers={"content-type": "application/x-npy"}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["message"] == "row 2 holds a non-finite number"
     ragged = client.post(url, json={"inputs": [rows[0], rows[1][:10]]})
     assert ragged.status_code == 422
     assert client.post(url, json={"inputs": []}).status_code == 422
@@ -215,6 +222,19 @@ def test_numpy_bodies_and_answers(client: TestClient) -> None:
         "/v1/models/binary/score", content=b"junk", headers={"content-type": "application/x-npy"}
     )
     assert bad.status_code == 422 and "npy" in bad.json()["error"]["message"]
+    # Headers are parsed once per distinct header: the same header with other data answers
+    # for that data, and a body cut short is refused.
+    other = client.post(
+        "/v1/models/binary/score",
+        content=npy(x[::-1].copy()),
+        headers={"content-type": "application/x-npy", "accept": "application/x-npy"},
+    )
+    np.testing.assert_allclose(np.load(io.BytesIO(other.content)), scores[::-1], rtol=1e-6)
+    for cut in (npy(x)[:-4], npy(x)[:60]):
+        short = client.post(
+            "/v1/models/binary/score", content=cut, headers={"content-type": "application/x-npy"}
+        )
+        assert short.status_code == 422, len(cut)
     pickled = np.array([object()], dtype=object)
     evil = io.BytesIO()
     np.save(evil, pickled, allow_pickle=True)
