@@ -41,9 +41,18 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench._http import Client, hammer, interleaved, post_bytes, timed  # noqa: E402
 from bench.common import percentile, table, write_report  # noqa: E402
 
 THERMOML = str(Path(sys.executable).with_name("thermoml"))
+NPY = "application/x-npy"
+Config = tuple[str, dict[str, str]]
+CONFIGS: tuple[Config, ...] = (
+    ("off", {"THERMOML_BATCHING": "false"}),
+    ("on, no wait", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0"}),
+    ("on, wait 2 ms", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0.002"}),
+    ("on, wait 10 ms", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0.01"}),
+)
 
 
 def free_port() -> int:
@@ -95,7 +104,7 @@ def api(work: Path, **env: str) -> Iterator[str]:
         yield url
 
 
-def train_models(work: Path, quick: bool) -> None:
+def train_models(work: Path) -> None:
     """The three models: `tiny`, `conv` and `diffusion` (see the module's docstring)."""
     rng = np.random.default_rng(0)
     images = rng.random((256, 64, 64, 1)).astype(np.float32)
@@ -165,53 +174,6 @@ def in_process(work: Path, ref: str) -> Any:
     return cache.get(info), info, cache
 
 
-def timed(fn: Any, n: int, warm: int = 20) -> list[float]:
-    return interleaved({"": fn}, n, warm)[""]
-
-
-def interleaved(cases: dict[str, Any], n: int, warm: int = 20) -> dict[str, list[float]]:
-    """`n` timings of each case, taken in turn (a, b, c, a, b, c, …) after `warm` untimed ones."""
-    for fn in cases.values():
-        for _ in range(warm):
-            fn()
-    out: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(n):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            out[name].append(time.perf_counter() - start)
-    return out
-
-
-class Client:
-    """A blocking keep-alive HTTP/1.1 client that does only what the benchmark needs: a POST
-    and its whole answer. httpx costs ~0.5 ms a request, as much as the API's own floor."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.answers = self.sock.makefile("rb")
-
-    def post(self, path: str, body: bytes, content_type: str = "application/json") -> bytes:
-        """The answer's body; raises unless the status is 200."""
-        self.sock.sendall(post_bytes(path, body, content_type))
-        status = int(self.answers.readline().split()[1])
-        length = 0
-        while (line := self.answers.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        answer = self.answers.read(length)
-        if status != 200:
-            raise RuntimeError(f"POST {path}: {status} {answer[:300]!r}")
-        return answer
-
-    def close(self) -> None:
-        self.answers.close()
-        self.sock.close()
-
-
 def single_row(work: Path, n: int) -> dict[str, Any]:
     servable, info, cache = in_process(work, "tiny")
     row = np.random.default_rng(1).random((1, *info.input_shape)).astype(np.float32) * 10
@@ -222,21 +184,19 @@ def single_row(work: Path, n: int) -> dict[str, Any]:
     with api(work) as url, process(naive_args, {}, work / "naive.log"):
         naive_url = f"http://127.0.0.1:{naive_port}"
         wait_ready(f"{naive_url}/docs")
-        ours, naive = Client(url), Client(naive_url)
-        results = interleaved(
-            {
-                "model floor (in-process call)": lambda: servable.run("score", row),
-                "HTTP floor (no-op route)": lambda: ours.post("/_bench/noop", body),
-                "thermoml /score": lambda: ours.post("/v1/models/tiny/score", body),
-            },
-            n,
-        )
-        # The naive service is ~50x slower: fewer of its calls, right after ours.
-        results["naive FastAPI + model.predict"] = timed(
-            lambda: naive.post("/score", body), max(50, n // 4), warm=5
-        )
-        ours.close()
-        naive.close()
+        with Client(url) as ours, Client(naive_url) as naive:
+            results = interleaved(
+                {
+                    "model floor (in-process call)": lambda: servable.run("score", row),
+                    "HTTP floor (no-op route)": lambda: ours.post("/_bench/noop", body),
+                    "thermoml /score": lambda: ours.post("/v1/models/tiny/score", body),
+                },
+                n,
+            )
+            # The naive service is ~50x slower: fewer of its calls, right after ours.
+            results["naive FastAPI + model.predict"] = timed(
+                lambda: naive.post("/score", body), max(50, n // 4), warm=5
+            )
     p50 = {k: statistics.median(v) * 1000 for k, v in results.items()}
     floors = p50["HTTP floor (no-op route)"] + p50["model floor (in-process call)"]
     return {
@@ -255,11 +215,11 @@ def npy(array: np.ndarray) -> bytes:
 
 def throughput(work: Path, plan: list[tuple[str, int]], repeats: int) -> list[dict[str, Any]]:
     """Rows per second for each (model, rows) of `plan`: in-process, and through the API with
-    NumPy bodies (and JSON bodies for the tiny model). `ceiling` is the most any HTTP path can
-    reach here: the in-process time over itself plus the no-op route's."""
+    NumPy bodies (and JSON bodies for the tiny model). `ceiling` estimates the most an HTTP path
+    could reach: the in-process time over itself plus that of a no-op route sent the same
+    NumPy body (an estimate: both timings are medians of noisy runs)."""
     rows = []
-    with api(work) as url:
-        client = Client(url)
+    with api(work) as url, Client(url) as client:
         for ref, size in plan:
             servable, info, _ = in_process(work, ref)
             x = np.random.default_rng(2).random((size, *info.input_shape)).astype(np.float32)
@@ -267,13 +227,13 @@ def throughput(work: Path, plan: list[tuple[str, int]], repeats: int) -> list[di
             cases: dict[str, Any] = {
                 "in-process": lambda x=x, s=servable: s.run("score", x),
                 "HTTP, NumPy body": lambda b=as_npy, p=path: client.post(p, b, NPY),
-                "HTTP floor (no-op route)": lambda: client.post("/_bench/noop", b"{}"),
+                "no-op route, same body": lambda b=as_npy: client.post("/_bench/noop", b, NPY),
             }
             if ref == "tiny":
                 as_json = json.dumps({"inputs": x.tolist()}).encode()
                 cases["HTTP, JSON body"] = lambda b=as_json, p=path: client.post(p, b)
             p50 = {k: statistics.median(v) for k, v in interleaved(cases, repeats, 1).items()}
-            base, floor = p50.pop("in-process"), p50.pop("HTTP floor (no-op route)")
+            base, floor = p50.pop("in-process"), p50.pop("no-op route, same body")
             for name, seconds in {"in-process": base, **p50}.items():
                 rows.append(
                     {
@@ -285,74 +245,7 @@ def throughput(work: Path, plan: list[tuple[str, int]], repeats: int) -> list[di
                         "ceiling": base / (base + floor),
                     }
                 )
-        client.close()
     return rows
-
-
-NPY = "application/x-npy"
-
-
-def post_bytes(path: str, body: bytes, content_type: str = "application/json") -> bytes:
-    """A POST whose answer is asked for in the body's own format."""
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\n"
-        f"Accept: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    """One request on a kept-alive connection; the answer's status (its body is read whole)."""
-    writer.write(request)
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    await reader.readexactly(length)
-    return status
-
-
-async def hammer(url: str, ref: str, body: bytes, clients: int, seconds: float) -> dict[str, Any]:
-    """`clients` connections each sending the same pre-encoded request back to back. A raw
-    HTTP/1.1 client, so that the load generator costs little of the 2 cores next to the API."""
-    host, port = url.removeprefix("http://").split(":")
-    request = post_bytes(f"/v1/models/{ref}/score", body)
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-
-    async def one() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while time.monotonic() < deadline:
-                start = time.perf_counter()
-                if await exchange(reader, writer, request) != 200:
-                    errors += 1
-                latencies.append(time.perf_counter() - start)
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(one() for _ in range(clients)))
-    return {
-        "requests_per_s": len(latencies) / seconds,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": percentile(latencies, 99) * 1000,
-        "errors": errors,
-    }
-
-
-Config = tuple[str, dict[str, str]]
-CONFIGS: tuple[Config, ...] = (
-    ("off", {"THERMOML_BATCHING": "false"}),
-    ("on, no wait", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0"}),
-    ("on, wait 2 ms", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0.002"}),
-    ("on, wait 10 ms", {"THERMOML_BATCHING": "true", "THERMOML_BATCH_MAX_WAIT": "0.01"}),
-)
 
 
 def concurrency(
@@ -364,24 +257,18 @@ def concurrency(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`clients` single-row clients on each model, under each batching configuration.
     `vs_one_at_a_time` compares with the in-process rate of one-row calls made one after
-    another (what a server that runs one call at a time could reach at best)."""
+    another: a reference point (a server running one call at a time on the event loop), not a
+    bound, since concurrent calls can use both cores."""
     rows, models = [], []
     for ref in refs:
         servable, info, _ = in_process(work, ref)
         row = np.random.default_rng(3).random((1, *info.input_shape)).astype(np.float32)
         many_rows = np.repeat(row, clients, axis=0)
-        p50 = {
-            k: statistics.median(v)
-            for k, v in interleaved(
-                {
-                    "one": lambda r=row, s=servable: s.run("score", r),
-                    "many": lambda r=many_rows, s=servable: s.run("score", r),
-                },
-                20,
-                warm=3,
-            ).items()
+        calls: dict[str, Any] = {
+            "one": lambda r=row, s=servable: s.run("score", r),
+            "many": lambda r=many_rows, s=servable: s.run("score", r),
         }
-        one, many = p50["one"], p50["many"]
+        one, many = (statistics.median(v) for v in interleaved(calls, 20, warm=3).values())
         models.append(
             {
                 "model": ref,
@@ -394,8 +281,9 @@ def concurrency(
         body = json.dumps({"inputs": row.reshape(1, -1).tolist()}).encode()
         for label, env in configs:
             with api(work, **env) as url:
-                asyncio.run(hammer(url, ref, body, 4, 1.0))  # load the model, compile
-                result = asyncio.run(hammer(url, ref, body, clients, seconds))
+                request = post_bytes(f"/v1/models/{ref}/score", body)
+                asyncio.run(hammer(url, request, 4, 1.0))  # load the model, compile
+                result = asyncio.run(hammer(url, request, clients, seconds))
             rows.append(
                 {
                     "model": ref,
@@ -429,7 +317,7 @@ def main() -> None:
         plan = [("tiny", 1000), ("tiny", 100_000), ("conv", 1000), ("diffusion", 1000)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        train_models(work, args.quick)
+        train_models(work)
         latency = single_row(work, n)
         batch = throughput(work, plan, repeats)
         concurrent, models = concurrency(work, 64, seconds, configs=configs)
@@ -450,8 +338,8 @@ def main() -> None:
         f"(target <= 1.5); {latency['speedup_over_naive']:.1f}x the naive service "
         "(target >= 10)"
     )
-    print("\nbatch throughput (target: fraction_of_in_process >= 0.7; ceiling: what the no-op")
-    print("route's time leaves to any HTTP path)")
+    print("\nbatch throughput (target: fraction_of_in_process >= 0.7; ceiling: an estimate of")
+    print("what a no-op route sent the same body leaves to any HTTP path)")
     print(
         table(batch, ["model", "rows", "path", "rows_per_s", "fraction_of_in_process", "ceiling"])
     )

@@ -330,3 +330,40 @@ def test_npy_bodies_that_hold_no_numeric_rows_are_422(client: TestClient) -> Non
         )
         assert response.status_code == 422, body
         assert "not a .npy array" in response.json()["error"]["message"]
+
+
+def _npy_with(header: bytes, version: tuple[int, int] = (1, 0), data: bytes = b"") -> bytes:
+    width = 2 if version == (1, 0) else 4
+    return b"\x93NUMPY" + bytes(version) + len(header).to_bytes(width, "little") + header + data
+
+
+def test_npy_format_versions_and_malformed_headers(client: TestClient) -> None:
+    """Versions 2.0 and 3.0 (4-byte header length) answer like 1.0; every malformed header is
+    a 422 naming the problem, never a 500."""
+    train(client, "autoencoder", name="versions")
+    url = "/v1/models/versions/score"
+    x = load_builtin("breast_cancer").x[:5].astype(np.float32)
+    plain = npy(x)
+    header = plain[10 : 10 + int.from_bytes(plain[8:10], "little")]
+    expected = client.post(url, json={"inputs": x.tolist()}).json()["scores"]
+    for version in ((2, 0), (3, 0)):
+        body = _npy_with(header, version, x.tobytes())
+        answer = client.post(url, content=body, headers={"content-type": "application/x-npy"})
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["scores"], expected, rtol=1e-6)
+    shape = b"'fortran_order': False, 'shape': (1,), }"
+    for body, says in (
+        (_npy_with(header, (1, 1), x.tobytes()), "version 1.1"),
+        (_npy_with(header, (4, 0), x.tobytes()), "version 4.0"),
+        (_npy_with(b"{"), "not readable"),
+        (_npy_with(b"'''"), "not readable"),
+        (_npy_with(b"  1\n 1"), "not readable"),
+        (_npy_with(b"{'descr': (), " + shape), "not readable"),
+        (_npy_with(b" " * 20_000, (2, 0)), "20000-byte header"),
+        (_npy_with(b" " * 2000 + b"\n", (2, 0)), "header"),  # long: parsed without the cache
+        (b"\x93NUMPY", "magic"),
+    ):
+        response = client.post(url, content=body, headers={"content-type": "application/x-npy"})
+        assert response.status_code == 422, (body[:40], response.text)
+        message = response.json()["error"]["message"]
+        assert "not a .npy array" in message and says in message, message

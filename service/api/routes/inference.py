@@ -150,14 +150,25 @@ async def _read_rows(request: Request) -> np.ndarray | list[Any]:
         ) from None
 
 
+NPY_LENGTH_BYTES = {(1, 0): 2, (2, 0): 4, (3, 0): 4}  # format version: header-length field
+NPY_MAX_HEADER = 10_000  # bytes; numpy's own limit
+NPY_CACHED_HEADER = 1024  # bytes; longer headers are parsed each time
+
+
 def _npy(body: bytes) -> np.ndarray:
     """A .npy body as an array over the body's own bytes (no copy for C-ordered arrays)."""
-    header = io.BytesIO(body)
-    version = np.lib.format.read_magic(header)
-    header_length = int.from_bytes(body[8:10] if version == (1, 0) else body[8:12], "little")
-    offset = (10 if version == (1, 0) else 12) + header_length
+    if len(body) < 10 or body[:6] != b"\x93NUMPY":
+        raise ValueError("it does not start with the .npy magic string")
+    version = (body[6], body[7])
+    width = NPY_LENGTH_BYTES.get(version)
+    if width is None:
+        raise ValueError(f"format version {version[0]}.{version[1]} is not one numpy writes")
+    header_length = int.from_bytes(body[8 : 8 + width], "little")
+    if header_length > NPY_MAX_HEADER:
+        raise ValueError(f"a {header_length}-byte header (at most {NPY_MAX_HEADER})")
+    offset = 8 + width + header_length
     head = body[:offset]
-    parse = _npy_header if len(head) <= 1024 else _npy_header.__wrapped__  # cache small ones
+    parse = _npy_header if len(head) <= NPY_CACHED_HEADER else _npy_header.__wrapped__
     shape, fortran, dtype = parse(head)
     count = math.prod(shape)
     if len(body) - offset != count * dtype.itemsize:
@@ -172,12 +183,17 @@ def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     header again and again, and numpy parses it with `ast.literal_eval` (~15 µs)."""
     header = io.BytesIO(head)
     version = np.lib.format.read_magic(header)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
-    if header.tell() != len(head):
-        raise ValueError("the header's length field does not match the header")
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0  # 3.0 differs only in allowing utf-8 names
+    )
+    try:
+        shape, fortran, dtype = read(header)
+    except ValueError:
+        raise
+    except Exception as exc:  # numpy's parser lets SyntaxError, TokenError, IndexError… out
+        raise ValueError(f"its header is not readable ({type(exc).__name__})") from None
     if dtype.kind not in "biuf" or dtype.itemsize == 0:
         raise ValueError(f"numbers are expected, not {dtype}")
     if len(shape) == 0:
