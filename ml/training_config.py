@@ -17,6 +17,21 @@ class OptimizerConfig(StrictModel):
     temperature: float = Field(
         1e-4, ge=0, description="sgld only: T of the injected noise sqrt(2 η T) ξ, in loss units."
     )
+    beta_1: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="adam only: decay of the gradient's running mean (0.5 is usual for GANs).",
+    )
+    beta_2: float = Field(
+        0.999, ge=0, lt=1, description="adam only: decay of the squared gradient's running mean."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        if self.name != "adam" and {"beta_1", "beta_2"} & self.model_fields_set:
+            raise ValueError(f"beta_1 and beta_2 are adam's; {self.name} has none")
+        return self
 
 
 class ScheduleConfig(StrictModel):

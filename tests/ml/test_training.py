@@ -390,3 +390,26 @@ def test_measuring_step_matches_a_numpy_oracle() -> None:
         current = np.concatenate([objective.w.numpy(), [objective.b.numpy()]])
         np.testing.assert_allclose(current, new_theta, rtol=1e-5)
         theta = new_theta
+
+
+def test_adam_takes_its_betas_and_other_optimizers_refuse_them() -> None:
+    from pydantic import ValidationError
+
+    from ml.training import build_optimizer
+
+    lr, b1, b2 = 0.1, 0.5, 0.99
+    config = TrainingConfig(
+        optimizer={"name": "adam", "learning_rate": lr, "beta_1": b1, "beta_2": b2}
+    )
+    optimizer = build_optimizer(config)
+    w = tf.Variable([0.0])
+    optimizer.build([w])
+    m = v = 0.0
+    expected = 0.0
+    for step, g in enumerate((1.0, 3.0), start=1):  # Adam's update, bias-corrected
+        optimizer.apply([tf.constant([g])], [w])
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        expected -= lr * (m / (1 - b1**step)) / math.sqrt(v / (1 - b2**step))
+    assert float(w.numpy()[0]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValidationError, match="beta_1 and beta_2 are adam's; sgd has none"):
+        TrainingConfig(optimizer={"name": "sgd", "beta_1": 0.5})
