@@ -27,7 +27,9 @@ from ml.reporting import JobFailed, Reporter, RunContext, RunOutcome
 from ml.spec import JobSpec, StrictModel
 
 MAX_WALKERS = 5_000_000
-BYTES_PER_WALKER = 48  # positions plus the temporaries of one metric point
+# Peak bytes per walker: positions plus the temporaries of one metric point (numba: ~16
+# measured, rounded up); TensorFlow's while loop keeps a few more copies (~140 measured).
+BYTES_PER_WALKER = {"numba": 48, "tensorflow": 140}
 MAX_STEPS = 100_000_000
 MAX_RECORDED_POINTS = 1000
 RNG_BLOCKS = 64
@@ -92,8 +94,9 @@ class LangevinParams(StrictModel):
         if self.walkers > MAX_WALKERS:
             raise ValueError(
                 f"walkers = {self.walkers} exceeds {MAX_WALKERS:,}: each walker keeps about "
-                f"{BYTES_PER_WALKER} bytes in memory, so a job is limited to about "
-                f"{MAX_WALKERS * BYTES_PER_WALKER // 2**20} MiB"
+                f"{BYTES_PER_WALKER[self.backend]} bytes in memory with the {self.backend} "
+                f"backend, so a job is limited to about "
+                f"{MAX_WALKERS * BYTES_PER_WALKER[self.backend] // 2**20} MiB"
             )
         if self.steps > MAX_STEPS:
             raise ValueError(f"steps = {self.steps} exceeds the limit of {MAX_STEPS:,}")
