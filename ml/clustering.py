@@ -14,6 +14,7 @@ import numpy as np
 
 from ml.preprocessing import Scaler
 from ml.reporting import JobFailed, RunContext
+from ml.spec import too_many_clusters
 
 # Rows sampled first when looking for k distinct ones; all rows are compared when they fall short.
 DISTINCT_SAMPLE = 1_000
@@ -61,12 +62,9 @@ def distinct_rows_at_least(x: np.ndarray, k: int) -> int:
 
 def check_cluster_count(x: np.ndarray, k: int, name: str = "n_clusters") -> None:
     """Fail with `invalid_data` when k clusters cannot be formed from the rows of x."""
-    n = len(x)
-    if k > n:
-        raise JobFailed(
-            "invalid_data",
-            f"{name} = {k} is more than the {n} rows of the data set: ask for at most {n}",
-        )
+    too_many = too_many_clusters(k, len(x), name)
+    if too_many is not None:
+        raise JobFailed("invalid_data", too_many)
     distinct = distinct_rows_at_least(x, k)
     if distinct < k:
         raise JobFailed(

@@ -7,7 +7,6 @@ that a parameter that cannot fit it is refused with 422 at submit time, not afte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -85,18 +84,3 @@ def subsample(n: int, size: int, seed: int) -> np.ndarray:
     if n <= size:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-@lru_cache(maxsize=32)
-def builtin_shape(ref: str | None) -> tuple[int, int] | None:
-    """(rows, features) of a built-in data set named by `ref`; None for anything else (an upload's
-    shape is known only to the service's database, so only the worker can check it)."""
-    from ml.datasets import BUILTIN_PREFIX, builtin_names, load_builtin
-
-    if ref is None or not ref.startswith(BUILTIN_PREFIX):
-        return None
-    name = ref.removeprefix(BUILTIN_PREFIX)
-    if name not in builtin_names():
-        return None
-    data = load_builtin(name)
-    return data.rows, data.features

@@ -17,6 +17,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def too_many_clusters(k: int, rows: int, name: str = "n_clusters") -> str | None:
+    """Why `k` clusters cannot be made of `rows` rows, or None."""
+    if k <= rows:
+        return None
+    return f"{name} = {k} is more than the {rows} rows of the data set: ask for at most {rows}"
+
+
 MAX_DEVICES = 16
 
 
@@ -93,6 +100,22 @@ class JobSpec(StrictModel):
                 f"kind {self.kind!r} runs on one device in full precision: "
                 "resources.devices must be 1 and resources.mixed_precision false"
             )
+        return self
+
+    def data_problem(self, rows: int, features: int) -> str | None:
+        """Why this job cannot run on a data set of `rows` rows and `features` features (None
+        when it can). Checked at submit time: here for built-ins, by the service for uploads
+        (whose shape only its database knows); the worker checks the loaded data again."""
+        return None
+
+    @model_validator(mode="after")
+    def _check_builtin_data(self) -> JobSpec:
+        if type(self).data_problem is not JobSpec.data_problem:
+            from ml.datasets import builtin_shape
+
+            shape = builtin_shape(self.dataset)
+            if shape is not None and (problem := self.data_problem(*shape)):
+                raise ValueError(problem)
         return self
 
     @property

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ml import datasets as ml_datasets
 from ml.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
+from ml.spec import JobSpec
 from service.db import datasets as repo
 from service.db.base import new_id, utcnow
 from service.db.tables import Dataset as DatasetRow
@@ -52,12 +53,23 @@ def _unknown(ref: str) -> str:
     )
 
 
-def check_ref(session: Session, ref: str) -> None:
-    """Refuse (422) a reference that names no data set, at submit time."""
+def check_ref(session: Session, spec: JobSpec) -> None:
+    """Refuse (422), at submit time, a spec whose `dataset` names no data set, or an upload on
+    which the job cannot run (`JobSpec.data_problem`; built-ins were checked with the spec)."""
+    ref = spec.dataset
+    if ref is None:
+        return
     if ref.startswith(BUILTIN_PREFIX):
         if ref.removeprefix(BUILTIN_PREFIX) in ml_datasets.builtin_names():
             return
-    elif repo.find(session, dataset_id=ref) is not None:
+    elif (row := repo.find(session, dataset_id=ref)) is not None:
+        problem = spec.data_problem(int(row.rows), int(row.features))
+        if problem is not None:
+            raise ServiceError(
+                "validation_error",
+                f"body.params: {problem}",
+                [{"field": "body.params", "message": problem, "type": "data_mismatch"}],
+            )
         return
     raise ServiceError(
         "validation_error",

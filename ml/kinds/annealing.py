@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from ml.registry import register_kind
 from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
 from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
 class AnnealingParams(StrictModel):
@@ -64,6 +64,9 @@ class AnnealingSpec(JobSpec):
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: AnnealingParams = Field(default_factory=AnnealingParams)
     preprocessing: Preprocessing = preprocessing_field("standard")
+
+    def data_problem(self, rows: int, features: int) -> str | None:
+        return too_many_clusters(self.params.max_clusters, rows, "max_clusters")
 
 
 AnnealingSpec.example = {

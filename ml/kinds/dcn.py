@@ -9,11 +9,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ml.kinds.dec import DeepClusteringParams
+from ml.kinds.dec import DeepClusteringParams, DeepClusteringSpec
 from ml.registry import register_kind
 from ml.reporting import Reporter, RunContext, RunOutcome
 from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, preprocessing_field
 from ml.training_config import TrainingConfig
 
 
@@ -27,16 +26,14 @@ class DcnParams(DeepClusteringParams):
     )
 
 
-class DcnSpec(JobSpec):
+class DcnSpec(DeepClusteringSpec):
     kind: Literal["dcn"]
-    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: DcnParams = Field(default_factory=DcnParams)
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
         description="Both phases; `epochs` is the joint phase's (pre-training runs "
         "`params.pretrain_epochs`). Every row is clustered: `validation_split` is not used.",
     )
-    preprocessing: Preprocessing = preprocessing_field("standard")
 
 
 DcnSpec.example = {

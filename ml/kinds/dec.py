@@ -13,7 +13,7 @@ from ml.kinds.autoencoder import Activation
 from ml.registry import register_kind
 from ml.reporting import Reporter, RunContext, RunOutcome
 from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 from ml.training_config import TrainingConfig
 
 
@@ -60,16 +60,25 @@ class DecParams(DeepClusteringParams):
     )
 
 
-class DecSpec(JobSpec):
-    kind: Literal["dec"]
+class DeepClusteringSpec(JobSpec):
+    """What dec and dcn share: a data set, every row of which is clustered."""
+
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: DeepClusteringParams
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+    def data_problem(self, rows: int, features: int) -> str | None:
+        return too_many_clusters(self.params.n_clusters, rows)
+
+
+class DecSpec(DeepClusteringSpec):
+    kind: Literal["dec"]
     params: DecParams = Field(default_factory=DecParams)
     training: TrainingConfig = Field(
         default_factory=TrainingConfig,
         description="Both phases; `epochs` is the refinement's (pre-training runs "
         "`params.pretrain_epochs`). Every row is clustered: `validation_split` is not used.",
     )
-    preprocessing: Preprocessing = preprocessing_field("standard")
 
 
 DecSpec.example = {

@@ -10,11 +10,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ml import hierarchical, reduction
+from ml import hierarchical
 from ml.registry import register_kind
 from ml.reporting import Reporter, RunContext, RunOutcome
 from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
 class HierarchicalParams(StrictModel):
@@ -46,14 +46,11 @@ class HierarchicalSpec(JobSpec):
     params: HierarchicalParams
     preprocessing: Preprocessing = preprocessing_field("standard")
 
-    @model_validator(mode="after")
-    def _fits_the_data(self) -> HierarchicalSpec:
-        shape = reduction.builtin_shape(self.dataset)
-        if shape is not None:
-            reason = hierarchical.too_many_rows(shape[0])
-            if reason is not None:
-                raise ValueError(reason)
-        return self
+    def data_problem(self, rows: int, features: int) -> str | None:
+        k = self.params.n_clusters
+        return hierarchical.too_many_rows(rows) or (
+            too_many_clusters(k, rows) if k is not None else None
+        )
 
 
 HierarchicalSpec.example = {

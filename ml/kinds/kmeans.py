@@ -11,7 +11,7 @@ from pydantic import Field
 from ml.registry import register_kind
 from ml.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
 from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
 class KMeansParams(StrictModel):
@@ -32,6 +32,9 @@ class KMeansSpec(JobSpec):
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: KMeansParams = Field(default_factory=KMeansParams)
     preprocessing: Preprocessing = preprocessing_field("standard")
+
+    def data_problem(self, rows: int, features: int) -> str | None:
+        return too_many_clusters(self.params.n_clusters, rows)
 
 
 KMeansSpec.example = {

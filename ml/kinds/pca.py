@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from ml import reduction
 from ml.kinds.autoencoder import Labels
 from ml.registry import register_kind
 from ml.reporting import Reporter, RunContext, RunOutcome
@@ -90,16 +89,14 @@ class PcaSpec(JobSpec):
     params: PcaParams = Field(default_factory=PcaParams)
     preprocessing: Preprocessing = preprocessing_field("standard")
 
-    @model_validator(mode="after")
-    def _fits_the_data(self) -> PcaSpec:
-        shape = reduction.builtin_shape(self.dataset)
+    def data_problem(self, rows: int, features: int) -> str | None:
         k = self.params.n_components
-        if shape is not None and isinstance(k, int) and k > shape[1]:
-            raise ValueError(
-                f"n_components = {k} is more than the {shape[1]} features of {self.dataset}: "
-                f"ask for at most {shape[1]}"
+        if isinstance(k, int) and k > features:
+            return (
+                f"n_components = {k} is more than the {features} features of {self.dataset}: "
+                f"ask for at most {features}"
             )
-        return self
+        return None
 
 
 PcaSpec.example = {

@@ -197,6 +197,40 @@ def test_submit_accepts_builtins_and_uploads(client: TestClient) -> None:
         assert client.post("/v1/jobs", json={"kind": "cooling", "dataset": ref}).status_code == 202
 
 
+SHAPE_MISMATCHES = [
+    ({"kind": "kmeans", "params": {"n_clusters": 5}}, "n_clusters = 5 is more than the 4 rows"),
+    ({"kind": "annealing", "params": {"max_clusters": 5}}, "max_clusters = 5 is more than the 4"),
+    ({"kind": "dec", "params": {"n_clusters": 5}}, "n_clusters = 5 is more than the 4 rows"),
+    ({"kind": "dcn", "params": {"n_clusters": 5}}, "n_clusters = 5 is more than the 4 rows"),
+    ({"kind": "hierarchical", "params": {"n_clusters": 5}}, "n_clusters = 5 is more than the 4"),
+    (
+        {"kind": "pca", "params": {"n_components": 3}},
+        "n_components = 3 is more than the 2 features",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), SHAPE_MISMATCHES)
+def test_submit_checks_a_job_against_the_shape_of_its_data(
+    client: TestClient, spec: dict[str, Any], message: str
+) -> None:
+    """An upload's shape is in the database: a job that cannot run on it is a 422 at submit,
+    like one on a built-in, not a job that fails later."""
+    upload_id = upload(client, CSV, label_column="label").json()["id"]  # 4 rows, 2 features
+    response = client.post("/v1/jobs", json={**spec, "dataset": upload_id})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["details"][0]["field"] == "body.params" and message in error["message"]
+    fewer = {name: 2 for name in spec["params"]}
+    fits = client.post("/v1/jobs", json={**spec, "params": fewer, "dataset": upload_id})
+    assert fits.status_code == 202, fits.text
+    # The same check on a built-in (wine: 178 rows, 13 features), made with the spec.
+    over = {name: 14 if name == "n_components" else 179 for name in spec["params"]}
+    refused = client.post("/v1/jobs", json={**spec, "params": over, "dataset": "builtin:wine"})
+    assert refused.status_code == 422
+    assert "more than the 178 rows" in refused.text or "more than the 13 features" in refused.text
+
+
 BAD_INPUTS = [
     ("data.xlsx", b"PK\x05\x06 not really", {}, "unsupported file format '.xlsx'"),
     ("data.csv", b"", {}, "the file is empty"),

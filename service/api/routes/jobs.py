@@ -62,8 +62,7 @@ def submit_job(
             response.headers["Idempotent-Replayed"] = "true"
             return replay
     with session.begin():
-        if spec.dataset is not None:
-            datasets.check_ref(session, spec.dataset)
+        datasets.check_ref(session, spec)
         _check_caps(session, settings, principal.key_id)
     job_id = new_id()
     try:
