@@ -46,6 +46,7 @@ from bench.common import percentile, table, write_report  # noqa: E402
 
 THERMOML = str(Path(sys.executable).with_name("thermoml"))
 NPY = "application/x-npy"
+ARROW = "application/vnd.apache.arrow.stream"
 Config = tuple[str, dict[str, str]]
 CONFIGS: tuple[Config, ...] = (
     ("off", {"THERMOML_BATCHING": "false"}),
@@ -213,11 +214,22 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def arrow_columns(x: np.ndarray) -> bytes:
+    """Rows as an Arrow IPC stream of one column per feature."""
+    import pyarrow as pa
+
+    table = pa.table({f"f{i}": x[:, i] for i in range(x.shape[1])})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
 def throughput(work: Path, plan: list[tuple[str, int]], repeats: int) -> list[dict[str, Any]]:
     """Rows per second for each (model, rows) of `plan`: in-process, and through the API with
-    NumPy bodies (and JSON bodies for the tiny model). `ceiling` estimates the most an HTTP path
-    could reach: the in-process time over itself plus that of a no-op route sent the same
-    NumPy body (an estimate: both timings are medians of noisy runs)."""
+    NumPy bodies (and JSON and Arrow bodies for the tiny model). `ceiling` estimates the most an
+    HTTP path could reach: the in-process time over itself plus that of a no-op route sent the
+    same NumPy body (an estimate: both timings are medians of noisy runs)."""
     rows = []
     with api(work) as url, Client(url) as client:
         for ref, size in plan:
@@ -232,6 +244,8 @@ def throughput(work: Path, plan: list[tuple[str, int]], repeats: int) -> list[di
             if ref == "tiny":
                 as_json = json.dumps({"inputs": x.tolist()}).encode()
                 cases["HTTP, JSON body"] = lambda b=as_json, p=path: client.post(p, b)
+                as_arrow = arrow_columns(x)
+                cases["HTTP, Arrow body"] = lambda b=as_arrow, p=path: client.post(p, b, ARROW)
             p50 = {k: statistics.median(v) for k, v in interleaved(cases, repeats, 1).items()}
             base, floor = p50.pop("in-process"), p50.pop("no-op route, same body")
             for name, seconds in {"in-process": base, **p50}.items():

@@ -373,3 +373,79 @@ def test_npy_format_versions_and_malformed_headers(client: TestClient) -> None:
         assert response.status_code == 422, (body[:40], response.text)
         message = response.json()["error"]["message"]
         assert "not a .npy array" in message and says in message, message
+
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def arrow(table: Any) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def test_arrow_bodies_and_answers(client: TestClient) -> None:
+    """Rows as feature columns, as a fixed-size list column, or both, answer like JSON rows;
+    answers come back as columns with the threshold in the schema's metadata."""
+    import json
+
+    import pyarrow as pa
+
+    train(client, "autoencoder", name="arrowed")
+    url = "/v1/models/arrowed/score"
+    x = load_builtin("breast_cancer").x[:20].astype(np.float32)
+    expected = client.post(url, json={"inputs": x.tolist()}).json()
+    as_columns = pa.table({f"f{i}": x[:, i] for i in range(30)})
+    as_list = pa.table({"row": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 30)})
+    mixed = pa.table(
+        {
+            **{f"f{i}": x[:, i].astype(np.float64) for i in range(10)},
+            "rest": pa.FixedSizeListArray.from_arrays(pa.array(x[:, 10:].reshape(-1)), 20),
+        }
+    )
+    for table in (as_columns, as_list, mixed):
+        response = client.post(
+            url, content=arrow(table), headers={"content-type": ARROW, "accept": ARROW}
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == ARROW
+        answer = pa.ipc.open_stream(response.content).read_all()
+        np.testing.assert_allclose(answer["scores"].to_numpy(), expected["scores"], rtol=1e-6)
+        assert answer["is_anomaly"].to_pylist() == expected["is_anomaly"]
+        threshold = json.loads(answer.schema.metadata[b"threshold"])
+        assert threshold == pytest.approx(expected["threshold"])
+    latents = client.post(
+        "/v1/models/arrowed/encode",
+        content=arrow(as_list),
+        headers={"content-type": ARROW, "accept": ARROW},
+    )
+    table = pa.ipc.open_stream(latents.content).read_all()
+    as_json = client.post("/v1/models/arrowed/encode", json={"inputs": x.tolist()}).json()
+    width = len(as_json["latents"][0])
+    assert json.loads(table.schema.field("latents").metadata[b"shape"]) == [width]
+    flat = table["latents"].combine_chunks().flatten().to_numpy()
+    np.testing.assert_allclose(flat.reshape(20, width), as_json["latents"], rtol=1e-5, atol=1e-6)
+
+
+def test_arrow_bodies_that_are_not_rows_are_422(client: TestClient) -> None:
+    import pyarrow as pa
+
+    train(client, "autoencoder", name="strict-arrow")
+    strings = pa.FixedSizeListArray.from_arrays(pa.array(["a"] * 30), 30)
+    for body, says in (
+        (arrow(pa.table({"a": ["x", "y"]})), "column 'a' is string"),
+        (arrow(pa.table({"a": [1.0, None]})), "column 'a' has 1 missing values"),
+        (arrow(pa.table({"a": [1.0, 2.0]})), "each row must have shape [30]"),
+        (arrow(pa.table({"a": strings})), "column 'a' holds lists of string"),
+        (arrow(pa.table({"a": pa.array([], pa.float32())})), "send at least one row"),
+        (arrow(pa.table({})), "the table has no columns"),
+        (b"junk", "not a readable Arrow IPC stream"),
+    ):
+        response = client.post(
+            "/v1/models/strict-arrow/score", content=body, headers={"content-type": ARROW}
+        )
+        assert response.status_code == 422, (says, response.text)
+        assert says in response.json()["error"]["message"], response.text

@@ -3,8 +3,10 @@
 Each answers 409 `unsupported_operation` (naming what the model serves) when the model's kind
 does not serve it, and 422 naming the expected shape when the rows do not fit the model.
 Inputs are raw rows: the model applies its own preprocessing. Rows come as JSON
-(`{"inputs": [[…]]}`) or as a NumPy array (`Content-Type: application/x-npy`); answers are JSON,
-or NumPy with `Accept: application/x-npy` (the main array) or `application/x-npz` (all arrays).
+(`{"inputs": [[…]]}`), as a NumPy array (`Content-Type: application/x-npy`) or as an Arrow IPC
+stream (`application/vnd.apache.arrow.stream`, see `service.arrow_ipc`); answers are JSON, or
+NumPy with `Accept: application/x-npy` (the main array) or `application/x-npz` (all arrays), or
+Arrow with `Accept: application/vnd.apache.arrow.stream` (all arrays).
 Concurrent requests for one model are micro-batched (`THERMOML_BATCHING`).
 """
 
@@ -24,7 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from ml.serving import UnsupportedOperation
-from service import prom
+from service import arrow_ipc, prom
 from service.api.deps import get_store
 from service.db import models as model_repo
 from service.errors import ServiceError
@@ -81,13 +83,14 @@ ROWS_BODY = {
         "content": {
             "application/json": {"schema": Rows.model_json_schema()},
             NPY: {"schema": {"type": "string", "format": "binary"}},
+            arrow_ipc.ARROW: {"schema": {"type": "string", "format": "binary"}},
         },
     }
 }
 ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "JSON, or NumPy when asked with `Accept`",
-        "content": {"application/json": {}, NPY: {}, NPZ: {}},
+        "content": {"application/json": {}, NPY: {}, NPZ: {}, arrow_ipc.ARROW: {}},
     }
 }
 
@@ -128,11 +131,17 @@ def _check_serves(info: ModelInfo, ref: str, operation: str) -> None:
 
 async def _read_rows(request: Request) -> np.ndarray | list[Any]:
     body = await request.body()
-    if request.headers.get("content-type", "").split(";")[0].strip() == NPY:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type == NPY:
         try:
             return _npy(body)
         except (ValueError, OSError, OverflowError) as exc:
             raise ServiceError("validation_error", f"the body is not a .npy array: {exc}") from None
+    if content_type == arrow_ipc.ARROW:
+        try:
+            return arrow_ipc.read_rows(body)
+        except ValueError as exc:
+            raise ServiceError("validation_error", f"the body is not usable rows: {exc}") from None
     try:
         try:
             parsed = orjson.loads(body)
@@ -236,6 +245,8 @@ def _rows(raw: np.ndarray | list[Any], info: ModelInfo, limit: int) -> np.ndarra
 
 def _respond(request: Request, operation: str, answer: dict[str, Any]) -> Response:
     accept = request.headers.get("accept", "")
+    if arrow_ipc.ARROW in accept:
+        return Response(arrow_ipc.write_answer(answer), media_type=arrow_ipc.ARROW)
     if NPZ in accept:
         buffer = io.BytesIO()
         arrays = {k: np.asarray(v) for k, v in answer.items() if v is not None}

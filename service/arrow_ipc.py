@@ -1,0 +1,94 @@
+"""Rows and answers as Apache Arrow IPC streams (`application/vnd.apache.arrow.stream`), for
+clients whose data already lives in Arrow (pandas, Polars, DuckDB, Spark).
+
+Rows: a table whose columns are numeric features in order, or fixed-size lists of numbers (an
+image row flattened), or both; each table row is one input row. Answers: one column per per-row
+array of the answer (a fixed-size list when each row holds several numbers, with its row shape in
+the field's metadata) and the answer's other values (a threshold) in the schema's metadata, as
+JSON. pyarrow is imported on the first Arrow request, never at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from service.inference import to_json_array
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def read_rows(body: bytes) -> np.ndarray:
+    """The rows of an Arrow IPC stream as a (rows, features) array; ValueError naming what is
+    wrong otherwise (never another exception)."""
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(body).read_all()
+        table.validate(full=True)
+    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError, OSError, …
+        raise ValueError(f"it is not a readable Arrow IPC stream ({exc})") from None
+    if table.num_columns == 0:
+        raise ValueError("the table has no columns")
+    columns = zip(table.column_names, table.columns, strict=True)
+    parts = [_column(name, column) for name, column in columns]
+    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def _column(name: str, column: Any) -> np.ndarray:
+    """One column as a (rows, k) float32 array: k = 1 for numbers, the list size for lists."""
+    import pyarrow as pa
+
+    if column.null_count:
+        raise ValueError(f"column {name!r} has {column.null_count} missing values")
+    kind = column.type
+    if pa.types.is_fixed_size_list(kind):
+        inner, width = kind.value_type, kind.list_size
+        if not _numeric(inner):
+            raise ValueError(f"column {name!r} holds lists of {inner}, not of numbers")
+        chunks = [chunk.flatten() for chunk in column.chunks]
+        if any(chunk.null_count for chunk in chunks):
+            raise ValueError(f"column {name!r} has missing values inside its lists")
+        flat = [np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.float32) for c in chunks]
+        values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.float32)
+        return values.reshape(len(column), width)
+    if not _numeric(kind):
+        raise ValueError(
+            f"column {name!r} is {kind}: send numeric columns or fixed-size lists of numbers"
+        )
+    return np.asarray(column.to_numpy(), dtype=np.float32).reshape(-1, 1)
+
+
+def _numeric(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
+
+
+def write_answer(answer: dict[str, Any]) -> bytes:
+    """An operation's answer as an Arrow IPC stream (see the module's docstring)."""
+    import pyarrow as pa
+
+    rows = {k: v for k, v in answer.items() if isinstance(v, np.ndarray) and v.ndim > 0}
+    others = {k: v for k, v in answer.items() if k not in rows and v is not None}
+    fields, arrays = [], []
+    for name, values in rows.items():
+        if values.ndim == 1:
+            array = pa.array(values)
+            fields.append(pa.field(name, array.type))
+        else:
+            width = math.prod(values.shape[1:])
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+            array = pa.FixedSizeListArray.from_arrays(flat, width)
+            shape = json.dumps(list(values.shape[1:])).encode()
+            fields.append(pa.field(name, array.type, metadata={b"shape": shape}))
+        arrays.append(array)
+    metadata = {k.encode(): json.dumps(to_json_array(v)).encode() for k, v in others.items()}
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata or None))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
