@@ -72,7 +72,8 @@ def learning_rate_schedule(opt: OptimizerConfig, schedule: ScheduleConfig) -> An
 def build_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
     opt, rate = config.optimizer, learning_rate_schedule(config.optimizer, config.schedule)
     if opt.name == "adam":
-        return keras.optimizers.Adam(rate, beta_1=opt.beta_1, beta_2=opt.beta_2)
+        betas = {"beta_1": opt.beta_1, "beta_2": opt.beta_2}
+        return keras.optimizers.Adam(rate, **{k: v for k, v in betas.items() if v is not None})
     if opt.name == "rmsprop":
         return keras.optimizers.RMSprop(rate)
     # sgd, and sgld = sgd plus injected Gaussian noise (added by the trainer's step)

@@ -17,19 +17,24 @@ class OptimizerConfig(StrictModel):
     temperature: float = Field(
         1e-4, ge=0, description="sgld only: T of the injected noise sqrt(2 η T) ξ, in loss units."
     )
-    beta_1: float = Field(
-        0.9,
+    beta_1: float | None = Field(
+        None,
         ge=0,
         lt=1,
-        description="adam only: decay of the gradient's running mean (0.5 is usual for GANs).",
+        description="adam only: decay of the gradient's running mean (default 0.9; 0.5 is usual "
+        "for GANs).",
     )
-    beta_2: float = Field(
-        0.999, ge=0, lt=1, description="adam only: decay of the squared gradient's running mean."
+    beta_2: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="adam only: decay of the squared gradient's running mean (default 0.999).",
     )
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:
-        if self.name != "adam" and {"beta_1", "beta_2"} & self.model_fields_set:
+        # Checked on values, not on what was set: a stored spec is re-read with every field.
+        if self.name != "adam" and (self.beta_1 is not None or self.beta_2 is not None):
             raise ValueError(f"beta_1 and beta_2 are adam's; {self.name} has none")
         return self
 

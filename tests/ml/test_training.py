@@ -413,3 +413,9 @@ def test_adam_takes_its_betas_and_other_optimizers_refuse_them() -> None:
     assert float(w.numpy()[0]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValidationError, match="beta_1 and beta_2 are adam's; sgd has none"):
         TrainingConfig(optimizer={"name": "sgd", "beta_1": 0.5})
+    # A stored spec is re-read whole (every field written out): that must validate again.
+    for name in ("adam", "sgd", "rmsprop", "sgld"):
+        stored = TrainingConfig(optimizer={"name": name}).model_dump(mode="json")
+        assert TrainingConfig.model_validate(stored).optimizer.name == name
+    default = build_optimizer(TrainingConfig())
+    assert (float(default.beta_1), float(default.beta_2)) == (0.9, 0.999)

@@ -47,6 +47,21 @@ def test_every_kind_example_is_accepted_and_runs(client: TestClient, kind: str) 
     assert done["status"] == "succeeded", done["error"]
 
 
+@pytest.mark.parametrize("kind", list_kinds())
+def test_a_stored_spec_reads_back_as_it_was_accepted(kind: str) -> None:
+    """The worker re-reads the spec the service stored (every field written out): whatever was
+    accepted must validate again, whichever optimizer a trained kind uses."""
+    spec_type = get_kind(kind).spec
+    variants = [spec_type.example]
+    if "training" in spec_type.model_fields:
+        for name in ("adam", "sgd", "rmsprop", "sgld"):
+            training = {**spec_type.example.get("training", {}), "optimizer": {"name": name}}
+            variants.append({**spec_type.example, "training": training})
+    for variant in variants:
+        stored = spec_type.model_validate(variant).model_dump(mode="json")
+        assert spec_type.model_validate(stored).model_dump(mode="json") == stored
+
+
 def test_openapi_carries_one_example_per_kind(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
