@@ -197,18 +197,6 @@ def builtin_names() -> list[str]:
     return sorted(_BUILTINS)
 
 
-@lru_cache(maxsize=32)
-def builtin_shape(ref: str | None) -> tuple[int, int] | None:
-    """(rows, features) of the built-in data set `ref` names; None for anything else (an upload's
-    shape is in the service's database)."""
-    if ref is None or not ref.startswith(BUILTIN_PREFIX):
-        return None
-    if ref.removeprefix(BUILTIN_PREFIX) not in _BUILTINS:
-        return None
-    data = load_builtin(ref)
-    return data.rows, data.features
-
-
 def load_builtin(name: str) -> Dataset:
     """The built-in data set `name` (with or without the `builtin:` prefix); fresh arrays."""
     key = name.removeprefix(BUILTIN_PREFIX)

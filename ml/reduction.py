@@ -1,7 +1,7 @@
 """What the dimensionality-reduction kinds (`pca`, `tsne`) and `hierarchical` share, in NumPy:
-the data set's rows checked and flattened, scaling fitted on the rows a model learns from, the
-labels that colour a picture, and what is known about a built-in data set before a job runs (so
-that a parameter that cannot fit it is refused with 422 at submit time, not after a queue wait).
+the data set's rows checked and flattened, scaling fitted on the rows a model learns from, and
+the labels that colour a picture. (A parameter that cannot fit the data set is refused at submit
+time through `JobSpec.data_problem`.)
 """
 
 from __future__ import annotations

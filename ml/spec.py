@@ -104,19 +104,9 @@ class JobSpec(StrictModel):
 
     def data_problem(self, rows: int, features: int) -> str | None:
         """Why this job cannot run on a data set of `rows` rows and `features` features (None
-        when it can). Checked at submit time: here for built-ins, by the service for uploads
-        (whose shape only its database knows); the worker checks the loaded data again."""
+        when it can). The service asks at submit time, knowing every data set's shape (422);
+        the worker checks the loaded data again."""
         return None
-
-    @model_validator(mode="after")
-    def _check_builtin_data(self) -> JobSpec:
-        if type(self).data_problem is not JobSpec.data_problem:
-            from ml.datasets import builtin_shape
-
-            shape = builtin_shape(self.dataset)
-            if shape is not None and (problem := self.data_problem(*shape)):
-                raise ValueError(problem)
-        return self
 
     @property
     def queue(self) -> str:

@@ -54,28 +54,35 @@ def _unknown(ref: str) -> str:
 
 
 def check_ref(session: Session, spec: JobSpec) -> None:
-    """Refuse (422), at submit time, a spec whose `dataset` names no data set, or an upload on
-    which the job cannot run (`JobSpec.data_problem`; built-ins were checked with the spec)."""
+    """Refuse (422), at submit time, a spec whose `dataset` names no data set, or one on which
+    the job cannot run (`JobSpec.data_problem`, from the built-in's or the upload's shape)."""
     ref = spec.dataset
     if ref is None:
         return
+    shape = _shape(session, ref)
+    if shape is None:
+        raise ServiceError(
+            "validation_error",
+            f"body.dataset: {_unknown(ref)}",
+            [{"field": "body.dataset", "message": _unknown(ref), "type": "unknown_dataset"}],
+        )
+    problem = spec.data_problem(*shape)
+    if problem is not None:
+        raise ServiceError(
+            "validation_error",
+            f"body.params: {problem}",
+            [{"field": "body.params", "message": problem, "type": "data_mismatch"}],
+        )
+
+
+def _shape(session: Session, ref: str) -> tuple[int, int] | None:
+    """(rows, features) of the data set `ref` names, or None when it names none."""
     if ref.startswith(BUILTIN_PREFIX):
-        if ref.removeprefix(BUILTIN_PREFIX) in ml_datasets.builtin_names():
-            return
-    elif (row := repo.find(session, dataset_id=ref)) is not None:
-        problem = spec.data_problem(int(row.rows), int(row.features))
-        if problem is not None:
-            raise ServiceError(
-                "validation_error",
-                f"body.params: {problem}",
-                [{"field": "body.params", "message": problem, "type": "data_mismatch"}],
-            )
-        return
-    raise ServiceError(
-        "validation_error",
-        f"body.dataset: {_unknown(ref)}",
-        [{"field": "body.dataset", "message": _unknown(ref), "type": "unknown_dataset"}],
-    )
+        name = ref.removeprefix(BUILTIN_PREFIX)
+        found = [b for b in ml_datasets.list_builtins() if b.name == name]
+        return (found[0].rows, found[0].features) if found else None
+    row = repo.find(session, dataset_id=ref)
+    return (int(row.rows), int(row.features)) if row is not None else None
 
 
 def load(

@@ -93,7 +93,7 @@ class LangevinParams(StrictModel):
             )
         if self.walkers > MAX_WALKERS:
             raise ValueError(
-                f"walkers = {self.walkers} exceeds {MAX_WALKERS:,}: each walker keeps about "
+                f"walkers = {self.walkers} exceeds {MAX_WALKERS:,}: each walker keeps up to "
                 f"{BYTES_PER_WALKER[self.backend]} bytes in memory with the {self.backend} "
                 f"backend, so a job is limited to about "
                 f"{MAX_WALKERS * BYTES_PER_WALKER[self.backend] // 2**20} MiB"

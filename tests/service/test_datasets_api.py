@@ -228,6 +228,7 @@ def test_submit_checks_a_job_against_the_shape_of_its_data(
     over = {name: 14 if name == "n_components" else 179 for name in spec["params"]}
     refused = client.post("/v1/jobs", json={**spec, "params": over, "dataset": "builtin:wine"})
     assert refused.status_code == 422
+    assert refused.json()["error"]["details"][0]["field"] == "body.params"
     assert "more than the 178 rows" in refused.text or "more than the 13 features" in refused.text
 
 

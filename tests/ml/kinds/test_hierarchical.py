@@ -129,11 +129,16 @@ def test_rows_over_the_limit_fail_with_invalid_data_saying_why(
     assert info.value.code == "invalid_data"
     message = info.value.message
     assert "at most 50 rows" in message and "has 90" in message and "pairwise" in message
-    # a built-in's rows are known at submit time: refused by the schema (422)
-    with pytest.raises(ValidationError, match="at most 50 rows"):
-        HierarchicalSpec.model_validate(
-            {"kind": "hierarchical", "dataset": "builtin:wine", "params": {"n_clusters": 3}}
-        )
+    # a data set's rows are known at submit time: the service asks the spec (422)
+    spec = HierarchicalSpec.model_validate(
+        {"kind": "hierarchical", "dataset": "builtin:wine", "params": {"n_clusters": 3}}
+    )
+    problem = spec.data_problem(178, 13)
+    assert problem is not None and "at most 50 rows" in problem and "has 178" in problem
+    assert spec.data_problem(50, 13) is None
+    assert spec.data_problem(2, 13) == (
+        "n_clusters = 3 is more than the 2 rows of the data set: ask for at most 2"
+    )
 
 
 def test_bad_params_and_data() -> None:

@@ -148,10 +148,10 @@ def test_short_burn_in_is_reported() -> None:
         ({"stiffness": 0}, "stiffness must be positive"),
         ({"friction": -2.0}, "friction must be positive"),
         ({"temperature": float("nan")}, "finite number"),
-        ({"walkers": MAX_WALKERS + 1}, "about 48 bytes in memory with the numba backend"),
+        ({"walkers": MAX_WALKERS + 1}, "up to 48 bytes in memory with the numba backend"),
         (
             {"walkers": MAX_WALKERS + 1, "backend": "tensorflow"},
-            "about 140 bytes in memory with the tensorflow backend, so a job is .* 667 MiB",
+            "up to 140 bytes in memory with the tensorflow backend, so a job is .* 667 MiB",
         ),
         ({"steps": 10**9}, "limit"),
         ({"potential": "triple_well"}, "harmonic"),

@@ -150,11 +150,14 @@ def test_scores_breast_cancer_anomalies_with_a_calibrated_threshold(tmp_path: Pa
 
 
 def test_bad_components_are_refused(tmp_path: Path) -> None:
-    # a built-in's features are known at submit time: 422
-    with pytest.raises(ValidationError, match="more than the 64 features of builtin:digits"):
-        PcaSpec.model_validate(
-            {"kind": "pca", "dataset": "builtin:digits", "params": {"n_components": 65}}
-        )
+    # a data set's features are known at submit time (the service asks the spec): 422
+    too_many = PcaSpec.model_validate(
+        {"kind": "pca", "dataset": "builtin:digits", "params": {"n_components": 65}}
+    )
+    assert too_many.data_problem(1797, 64) == (
+        "n_components = 65 is more than the 64 features of builtin:digits: ask for at most 64"
+    )
+    assert too_many.data_problem(1797, 65) is None
     with pytest.raises(ValidationError, match="needs the whole spectrum"):
         PcaSpec.model_validate(
             {"kind": "pca", "dataset": "x", "params": {"n_components": 0.5, "method": "randomized"}}
