@@ -10,26 +10,40 @@ JSON. pyarrow is imported on the first Arrow request, never at start-up.
 
 from __future__ import annotations
 
-import json
 import math
+import struct
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service.inference import to_json_array
 
 ARROW = "application/vnd.apache.arrow.stream"
 
 
-def read_rows(body: bytes) -> np.ndarray:
+def read_rows(body: bytes, max_columns: int) -> np.ndarray:
     """The rows of an Arrow IPC stream as a (rows, features) array; ValueError naming what is
-    wrong otherwise (never another exception)."""
+    wrong otherwise (never another exception).
+
+    Compressed streams are refused before anything is decoded: a few compressed megabytes may
+    declare gigabytes, while an uncompressed stream decodes to no more than the body's size."""
     import pyarrow as pa
 
     try:
-        table = pa.ipc.open_stream(body).read_all()
+        messages = pa.ipc.MessageReader.open_stream(body)
+        if any(_compressed(message.metadata.to_pybytes()) for message in messages):
+            raise _Refused("compressed Arrow streams are not accepted: send it uncompressed")
+        reader = pa.ipc.open_stream(body)
+        if len(reader.schema) > max_columns:
+            raise _Refused(
+                f"{len(reader.schema)} columns, more than the {max_columns} numbers of a row"
+            )
+        table = reader.read_all()
         table.validate(full=True)
-    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError, OSError, …
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
+    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError, OSError, struct.error…
         raise ValueError(f"it is not a readable Arrow IPC stream ({exc})") from None
     if table.num_columns == 0:
         raise ValueError("the table has no columns")
@@ -65,7 +79,51 @@ def _column(name: str, column: Any) -> np.ndarray:
 def _numeric(kind: Any) -> bool:
     import pyarrow as pa
 
-    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
+    types = pa.types
+    return bool(types.is_integer(kind) or types.is_floating(kind) or types.is_boolean(kind))
+
+
+class _Refused(Exception):
+    """A readable stream that is refused (its message is the reason)."""
+
+
+# The IPC message header is a flatbuffer (Arrow's format/Message.fbs). Only one thing is read from
+# it: whether a record batch, or a dictionary batch's record batch, declares body compression.
+_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3  # MessageHeader union tags
+_COMPRESSION = 3  # RecordBatch's field index of `compression`
+
+
+def _compressed(header: bytes) -> bool:
+    root = _u32(header, 0)
+    kind_at, body_at = _field(header, root, 1), _field(header, root, 2)
+    if kind_at is None or body_at is None:
+        return False
+    kind, batch = header[kind_at], _table(header, body_at)
+    if kind == _DICTIONARY_BATCH:
+        data_at = _field(header, batch, 1)
+        if data_at is None:
+            return False
+        batch = _table(header, data_at)
+    elif kind != _RECORD_BATCH:
+        return False
+    return _field(header, batch, _COMPRESSION) is not None
+
+
+def _field(buffer: bytes, table: int, index: int) -> int | None:
+    """Where field `index` of the flatbuffer table at `table` is, or None when it is absent."""
+    vtable = table - struct.unpack_from("<i", buffer, table)[0]
+    if 4 + 2 * index >= struct.unpack_from("<H", buffer, vtable)[0]:
+        return None
+    offset = struct.unpack_from("<H", buffer, vtable + 4 + 2 * index)[0]
+    return table + offset if offset else None
+
+
+def _table(buffer: bytes, at: int) -> int:
+    return at + _u32(buffer, at)
+
+
+def _u32(buffer: bytes, at: int) -> int:
+    return int(struct.unpack_from("<I", buffer, at)[0])
 
 
 def write_answer(answer: dict[str, Any]) -> bytes:
@@ -83,12 +141,17 @@ def write_answer(answer: dict[str, Any]) -> bytes:
             width = math.prod(values.shape[1:])
             flat = pa.array(np.ascontiguousarray(values).reshape(-1))
             array = pa.FixedSizeListArray.from_arrays(flat, width)
-            shape = json.dumps(list(values.shape[1:])).encode()
+            shape = _json(list(values.shape[1:]))
             fields.append(pa.field(name, array.type, metadata={b"shape": shape}))
         arrays.append(array)
-    metadata = {k.encode(): json.dumps(to_json_array(v)).encode() for k, v in others.items()}
+    metadata = {k.encode(): _json(v) for k, v in others.items()}
     table = pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata or None))
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
+
+
+def _json(value: Any) -> bytes:
+    """JSON as in JSON answers (non-finite numbers as null)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=to_json_array)

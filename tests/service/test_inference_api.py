@@ -378,11 +378,12 @@ def test_npy_format_versions_and_malformed_headers(client: TestClient) -> None:
 ARROW = "application/vnd.apache.arrow.stream"
 
 
-def arrow(table: Any) -> bytes:
+def arrow(table: Any, compression: str | None = None) -> bytes:
     import pyarrow as pa
 
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
 
@@ -435,7 +436,15 @@ def test_arrow_bodies_that_are_not_rows_are_422(client: TestClient) -> None:
 
     train(client, "autoencoder", name="strict-arrow")
     strings = pa.FixedSizeListArray.from_arrays(pa.array(["a"] * 30), 30)
+    ones = pa.table({f"f{i}": np.ones(3) for i in range(30)})
+    flags = pa.table({f"f{i}": [True, False] for i in range(30)})  # booleans are numbers
+    url = "/v1/models/strict-arrow/score"
+    accepted = client.post(url, content=arrow(flags), headers={"content-type": ARROW})
+    assert accepted.status_code == 200, accepted.text
     for body, says in (
+        (arrow(ones, "zstd"), "compressed Arrow streams are not accepted"),
+        (arrow(ones, "lz4"), "compressed Arrow streams are not accepted"),
+        (arrow(ones.append_column("extra", pa.array(np.ones(3)))), "31 columns, more than the 30"),
         (arrow(pa.table({"a": ["x", "y"]})), "column 'a' is string"),
         (arrow(pa.table({"a": [1.0, None]})), "column 'a' has 1 missing values"),
         (arrow(pa.table({"a": [1.0, 2.0]})), "each row must have shape [30]"),
@@ -444,8 +453,6 @@ def test_arrow_bodies_that_are_not_rows_are_422(client: TestClient) -> None:
         (arrow(pa.table({})), "the table has no columns"),
         (b"junk", "not a readable Arrow IPC stream"),
     ):
-        response = client.post(
-            "/v1/models/strict-arrow/score", content=body, headers={"content-type": ARROW}
-        )
+        response = client.post(url, content=body, headers={"content-type": ARROW})
         assert response.status_code == 422, (says, response.text)
         assert says in response.json()["error"]["message"], response.text

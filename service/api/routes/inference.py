@@ -129,7 +129,7 @@ def _check_serves(info: ModelInfo, ref: str, operation: str) -> None:
         )
 
 
-async def _read_rows(request: Request) -> np.ndarray | list[Any]:
+async def _read_rows(request: Request, info: ModelInfo) -> np.ndarray | list[Any]:
     body = await request.body()
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type == NPY:
@@ -139,7 +139,7 @@ async def _read_rows(request: Request) -> np.ndarray | list[Any]:
             raise ServiceError("validation_error", f"the body is not a .npy array: {exc}") from None
     if content_type == arrow_ipc.ARROW:
         try:
-            return arrow_ipc.read_rows(body)
+            return arrow_ipc.read_rows(body, max_columns=max(1, math.prod(info.input_shape)))
         except ValueError as exc:
             raise ServiceError("validation_error", f"the body is not usable rows: {exc}") from None
     try:
@@ -278,7 +278,7 @@ async def _infer_rows(request: Request, cache: ModelCache, ref: str, operation: 
     settings = request.app.state.settings
     info = await _info(request, ref)
     _check_serves(info, ref, operation)
-    x = _rows(await _read_rows(request), info, settings.max_inference_rows)
+    x = _rows(await _read_rows(request, info), info, settings.max_inference_rows)
     started = time.perf_counter()
     try:
         if settings.batching:
