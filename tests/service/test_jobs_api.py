@@ -120,6 +120,9 @@ def test_idempotency_key_returns_the_same_job(client: TestClient) -> None:
     assert response.status_code == 202
     assert response.json()["id"] == first["id"]
     assert response.headers["Idempotent-Replayed"] == "true"
+    spelt_out = {**COOLING, "priority": 5, "params": {**COOLING["params"], "duration": 10}}
+    same = client.post("/v1/jobs", json=spelt_out, headers={"Idempotency-Key": "k-1"})
+    assert same.status_code == 202 and same.json()["id"] == first["id"]  # defaults, given
     other = {"kind": "cooling", "params": {"method": "rk4"}}
     reused = client.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k-1"})
     assert reused.status_code == 409
