@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -158,7 +159,9 @@ def run_jobs(client: httpx.Client, specs: list[dict[str, Any]]) -> None:
             raise RuntimeError(f"training failed: {job['error']}")
 
 
+@functools.cache
 def in_process(work: Path, ref: str) -> Any:
+    """The model `ref`, loaded in this process once (servable, info, cache)."""
     os.environ["THERMOML_DATA_DIR"] = str(work)
     from service.config import get_settings
     from service.db import models as model_repo

@@ -30,21 +30,23 @@ def read_rows(body: bytes, max_columns: int) -> np.ndarray:
     declare gigabytes, while an uncompressed stream decodes to no more than the body's size."""
     import pyarrow as pa
 
-    try:
+    try:  # ArrowInvalid, ArrowNotImplementedError, OSError, struct.error… become ValueError
         messages = pa.ipc.MessageReader.open_stream(body)
-        if any(_compressed(message.metadata.to_pybytes()) for message in messages):
-            raise _Refused("compressed Arrow streams are not accepted: send it uncompressed")
+        compressed = any(_compressed(message.metadata.to_pybytes()) for message in messages)
         reader = pa.ipc.open_stream(body)
-        if len(reader.schema) > max_columns:
-            raise _Refused(
-                f"{len(reader.schema)} columns, more than the {max_columns} numbers of a row"
-            )
+    except Exception as exc:
+        raise _unreadable(exc) from None
+    if compressed:
+        raise ValueError("compressed Arrow streams are not accepted: send it uncompressed")
+    if len(reader.schema) > max_columns:
+        raise ValueError(
+            f"{len(reader.schema)} columns, more than the {max_columns} numbers of a row"
+        )
+    try:
         table = reader.read_all()
         table.validate(full=True)
-    except _Refused as exc:
-        raise ValueError(str(exc)) from None
-    except Exception as exc:  # ArrowInvalid, ArrowNotImplementedError, OSError, struct.error…
-        raise ValueError(f"it is not a readable Arrow IPC stream ({exc})") from None
+    except Exception as exc:
+        raise _unreadable(exc) from None
     if table.num_columns == 0:
         raise ValueError("the table has no columns")
     columns = zip(table.column_names, table.columns, strict=True)
@@ -83,8 +85,8 @@ def _numeric(kind: Any) -> bool:
     return bool(types.is_integer(kind) or types.is_floating(kind) or types.is_boolean(kind))
 
 
-class _Refused(Exception):
-    """A readable stream that is refused (its message is the reason)."""
+def _unreadable(exc: Exception) -> ValueError:
+    return ValueError(f"it is not a readable Arrow IPC stream ({exc})")
 
 
 # The IPC message header is a flatbuffer (Arrow's format/Message.fbs). Only one thing is read from

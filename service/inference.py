@@ -60,6 +60,11 @@ class ModelInfo:
         )
 
     @property
+    def cache_key(self) -> str:
+        """The model cache's key: the model and the files it is loaded from."""
+        return f"{self.id}:{self.sha256}"
+
+    @property
     def size_bytes(self) -> int:
         return sum(int(entry.get("size", 0)) for entry in self.files.values())
 
@@ -92,7 +97,7 @@ class ModelCache:
             return sum(e.bytes for e in self._entries.values())
 
     def get(self, info: ModelInfo) -> Servable:
-        key = f"{info.id}:{info.sha256}"
+        key = info.cache_key
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -123,7 +128,7 @@ class ModelCache:
         """The micro-batcher of one model's operation (made with the loaded model)."""
         servable = self.get(info)
         with self._lock:
-            entry = self._entries.get(f"{info.id}:{info.sha256}")
+            entry = self._entries.get(info.cache_key)
         if entry is None:  # evicted meanwhile: batch nothing
             return Batcher(lambda x: servable.run(operation, x), max_rows, max_wait_s)
         if operation not in entry.batchers:
@@ -135,7 +140,7 @@ class ModelCache:
     def ready_batcher(self, info: ModelInfo, operation: str) -> Batcher | None:
         """The batcher of a loaded model's operation, if it exists: a lookup that never blocks,
         so a request can skip the thread pool that loading a model needs."""
-        key = f"{info.id}:{info.sha256}"
+        key = info.cache_key
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
