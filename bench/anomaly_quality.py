@@ -28,10 +28,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.svm import OneClassSVM
 
 from bench.common import table, write_report
-from ml.anomaly import prepare
-from ml.datasets import Dataset, load_builtin
-from ml.registry import get_kind
-from ml.reporting import MemoryReporter, RunContext
+from ml.anomaly.scoring import prepare
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.registry import get_kind
+from ml.core.reporting import MemoryReporter, RunContext
 
 
 def thermoml_auc(kind: str, spec: dict[str, Any], data: Dataset) -> float:

@@ -27,10 +27,10 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from bench.common import table, write_report
-from ml.datasets import Dataset, load_builtin
-from ml.preprocessing import Scaler
-from ml.registry import get_kind
-from ml.reporting import MemoryReporter, RunContext
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.preprocessing import Scaler
+from ml.core.registry import get_kind
+from ml.core.reporting import MemoryReporter, RunContext
 
 DEC: dict[str, dict[str, dict[str, Any]]] = {
     "digits": {
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, small runs: seconds")
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
-    import ml.training  # noqa: F401  (TensorFlow's import is not part of any method's time)
+    import ml.core.training  # noqa: F401  (TensorFlow's import is not part of any method's time)
 
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {"seeds": seeds, "quick": args.quick, "results": {}}

@@ -7,7 +7,7 @@ The same float32 table (~100 MB as CSV; a few MB with --quick) in three formats:
   resident set just before the upload.
 - load (service): what a job does, `service.datasets.load`: copy from the artifact store, check
   the sha256, parse and validate; in a fresh subprocess per case.
-- load (loader): `ml.datasets.load_file` on the local file alone; fresh subprocess per case.
+- load (loader): `ml.core.datasets.load_file` on the local file alone; fresh subprocess per case.
 
 Peak memory is measured per process, not with tracemalloc (Arrow allocates outside Python's
 allocator): the peak resident set is reset (`/proc/<pid>/clear_refs`) just before the work, and
@@ -162,7 +162,7 @@ def preload() -> None:
     """Import the readers before measuring: imports are not the work."""
     import importlib
 
-    for name in ("pyarrow.csv", "pyarrow.parquet", "ml.loaders"):
+    for name in ("pyarrow.csv", "pyarrow.parquet", "ml.core.loaders"):
         importlib.import_module(name)
 
 
@@ -185,7 +185,7 @@ def child(args: argparse.Namespace) -> None:
                 return datasets.load(sessions, store, args.id, Path(folder))
     else:
         preload()
-        from ml.datasets import load_file
+        from ml.core.datasets import load_file
 
         def work() -> Any:
             return load_file(Path(args.path), args.fmt)

@@ -31,11 +31,11 @@ from sklearn.manifold import trustworthiness
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from bench.common import table, write_report
-from ml.datasets import Dataset, load_builtin
-from ml.preprocessing import Scaler
-from ml.registry import get_kind
-from ml.reporting import MemoryReporter, ModelOutcome, RunContext
-from ml.spec import ScaleName
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.preprocessing import Scaler
+from ml.core.registry import get_kind
+from ml.core.reporting import MemoryReporter, ModelOutcome, RunContext
+from ml.core.spec import ScaleName
 
 LINKAGES = ("ward", "average", "complete", "single")
 
@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small runs: seconds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    import ml.training  # noqa: F401  (TensorFlow's import is not part of any method's time)
+    import ml.core.training  # noqa: F401  (TensorFlow's import is not part of any method's time)
 
     data = load_builtin("digits")
     rows = [

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.networks import (
+from ml.core.networks import (
     OUTPUT_DTYPE,
     Stack,
     as_model,
@@ -23,7 +23,7 @@ from ml.networks import (
     use_conv,
     with_heads,
 )
-from ml.serving import UnsupportedOperation
+from ml.core.serving import UnsupportedOperation
 
 LOG_2PI = math.log(2 * math.pi)
 VARIANCE_FLOOR = 1e-6
@@ -231,7 +231,7 @@ class AutoencodingServable:
     """encode / reconstruct / score of a saved autoencoder or VAE, compiled once per operation."""
 
     def __init__(self, kind: str, files: dict[str, Path], meta: dict[str, Any]) -> None:
-        from ml.preprocessing import Scaler
+        from ml.core.preprocessing import Scaler
 
         self.kind = kind
         self.input_shape = tuple(int(s) for s in meta["input_shape"])

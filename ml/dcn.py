@@ -28,15 +28,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml import clustering
 from ml.autoencoding import AutoencoderObjective
 from ml.autoencoding import load_weights as load_autoencoder
 from ml.autoencoding import save_weights as save_autoencoder
+from ml.clustering import shared as clustering
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import UnsupportedOperation
 from ml.deep_clustering import Converged, PhaseReporter
 from ml.kmeans import KMeans, squared_distances
-from ml.preprocessing import Scaler
-from ml.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import UnsupportedOperation
 
 STATE_FILE = "dcn.json"
 ARRAYS_FILE = "dcn.npz"
@@ -169,8 +169,8 @@ class Clusters:
 
 
 def train_dcn(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.core.training import CHECKPOINT_STATE, Trainer, configure_determinism, device_name
     from ml.kinds.autoencoder import AutoencoderParams
-    from ml.training import CHECKPOINT_STATE, Trainer, configure_determinism, device_name
 
     p, training = spec.params, spec.training
     configure_determinism(training)

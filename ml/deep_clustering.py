@@ -23,14 +23,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml import clustering
 from ml.autoencoding import AutoencoderObjective
 from ml.autoencoding import load_weights as load_autoencoder
 from ml.autoencoding import save_weights as save_autoencoder
+from ml.clustering import shared as clustering
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import UnsupportedOperation
 from ml.kmeans import KMeans, squared_distances
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import UnsupportedOperation
 
 # Row indices travel as float32: exact below 2**24.
 MAX_ROWS = 2**24
@@ -169,8 +169,8 @@ class Refinement:
 
 
 def train_dec(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.core.training import CHECKPOINT_STATE, Trainer, configure_determinism, device_name
     from ml.kinds.autoencoder import AutoencoderParams
-    from ml.training import CHECKPOINT_STATE, Trainer, configure_determinism, device_name
 
     p, training = spec.params, spec.training
     configure_determinism(training)

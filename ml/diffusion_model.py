@@ -15,11 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml import generative
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.training import Trainer, configure_determinism, device_name
 from ml.diffusion import GaussianDiffusion
 from ml.diffusion_networks import build_eps_network, time_embedding
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.training import Trainer, configure_determinism, device_name
+from ml.generative import shared as generative
 
 MODEL_FILE = "eps_model.keras"
 VARIANCE_FLOOR = 1e-6  # per-dimension data variance floor for the entropy production
@@ -163,7 +163,7 @@ def chain_of(params: Any) -> GaussianDiffusion:
 def train_diffusion(
     spec: Any, reporter: Reporter, context: RunContext, capabilities: list[str]
 ) -> RunOutcome:
-    from ml.anomaly import threshold
+    from ml.anomaly.scoring import threshold
 
     params, training = spec.params, spec.training
     configure_determinism(training)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.networks import OUTPUT_DTYPE, use_conv
+from ml.core.networks import OUTPUT_DTYPE, use_conv
 
 
 def time_embedding(t: tf.Tensor, dim: int, timesteps: int) -> tf.Tensor:

@@ -1,7 +1,7 @@
 """GANs in TensorFlow: the networks, the two players' objectives, the alternating loop with each
 player's thermodynamic telemetry, and the serving side.
 
-Each player is trained by its own :class:`ml.training.Trainer` (its own optimizer, thermometer
+Each player is trained by its own :class:`ml.core.training.Trainer` (its own optimizer, thermometer
 and checkpoint), stepped alternately by :class:`GanLoop`: `d_steps` discriminator updates on
 fresh real batches, then one generator update. A telemetry step measures each player on its own
 loss with the other player held fixed (its gradient noise, θ·g, and the two-pass heat with the
@@ -23,16 +23,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml import generative
+from ml.core.networks import use_conv
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.training import Trainer, configure_determinism, device_name
 from ml.gan_networks import (
     conv_discriminator,
     conv_generator,
     dense_discriminator,
     dense_generator,
 )
-from ml.networks import use_conv
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.training import Trainer, configure_determinism, device_name
+from ml.generative import shared as generative
 
 MODEL_FILE = "generator.keras"
 LOOP_STATE = "gan.json"

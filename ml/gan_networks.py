@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from ml.networks import CONV_DOWNSAMPLE
+from ml.core.networks import CONV_DOWNSAMPLE
 
 SLOPE = 0.2  # LeakyReLU
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from ml import clustering, reduction
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import UnsupportedOperation, png
+from ml.clustering import shared as clustering
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import UnsupportedOperation, png
+from ml.reduction import shared as reduction
 
 MAX_ROWS = 10_000
 MODEL_FILE = "hierarchical.npz"

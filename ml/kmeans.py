@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ml.preprocessing import Scaler
-from ml.serving import UnsupportedOperation
+from ml.core.preprocessing import Scaler
+from ml.core.serving import UnsupportedOperation
 
 CENTROIDS_FILE = "centroids.npz"
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ml import reduction
-from ml.anomaly import anomaly_mask, evaluate, threshold
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import UnsupportedOperation
-from ml.splits import split_indices, stratified_split_indices
+from ml.anomaly.scoring import anomaly_mask, evaluate, threshold
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import UnsupportedOperation
+from ml.core.splits import split_indices, stratified_split_indices
+from ml.reduction import shared as reduction
 
 MODEL_FILE = "pca.npz"
 # Per-feature residual variance floor for the standardised score (as the autoencoder's).

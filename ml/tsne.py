@@ -24,12 +24,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml import reduction
-from ml.networks import Stack, as_model, encoder_trunk
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import UnsupportedOperation, png
-from ml.splits import split_indices
+from ml.core.networks import Stack, as_model, encoder_trunk
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import UnsupportedOperation, png
+from ml.core.splits import split_indices
+from ml.reduction import shared as reduction
 
 BISECTION_STEPS = 24
 # ln β is searched in ±LOG_BETA_RANGE, on distances divided by each row's mean distance.
@@ -187,7 +187,7 @@ def sklearn_reference(x: np.ndarray, params: Any, seed: int) -> dict[str, float 
 
 
 def train_tsne(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.training import Trainer, configure_determinism, device_name
+    from ml.core.training import Trainer, configure_determinism, device_name
 
     p, training = spec.params, spec.training
     configure_determinism(training)

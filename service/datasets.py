@@ -19,9 +19,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ml import datasets as ml_datasets
-from ml.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
-from ml.spec import JobSpec
+from ml.core import datasets as ml_datasets
+from ml.core.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
+from ml.core.spec import JobSpec
 from service.db import datasets as repo
 from service.db.base import new_id, utcnow
 from service.db.tables import Dataset as DatasetRow

@@ -1,6 +1,6 @@
 """Loaded models for serving: downloaded and verified once, kept in a bounded LRU cache.
 
-A model's kind loads it (`Kind.load`) into a :class:`ml.serving.Servable` whose operations are
+A model's kind loads it (`Kind.load`) into a :class:`ml.core.serving.Servable` whose operations are
 compiled once with a fixed input signature. TensorFlow is imported here on the first request
 that needs a model, never at start-up. Eviction is by count and by estimated size.
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ml.registry import get_kind
-from ml.serving import Servable
+from ml.core.registry import get_kind
+from ml.core.serving import Servable
 from service.batching import Batcher
 from service.config import Settings
 from service.errors import ServiceError

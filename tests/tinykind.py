@@ -10,11 +10,11 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 
-from ml import registry
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
-from ml.splits import split_indices
+from ml.core import registry
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.core.splits import split_indices
 from service.db import jobs as job_repo
 from service.db.base import new_id
 from service.db.tables import Job, Model

@@ -43,7 +43,7 @@ def _preload(**_: Any) -> None:
     """Import what every job needs (never TensorFlow) once in the parent, so each fresh child
     starts warm instead of spending ~0.4 s on imports."""
     import workers.execute  # noqa: F401
-    from ml.registry import list_kinds
+    from ml.core.registry import list_kinds
 
     list_kinds()
 

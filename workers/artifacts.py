@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from ml.datasets import DataError, Dataset
-from ml.reporting import JobFailed, ModelOutcome
+from ml.core.datasets import DataError, Dataset
+from ml.core.reporting import JobFailed, ModelOutcome
 from service import datasets
 from service.db import jobs as job_repo
 from service.db import models as model_repo

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from ml.registry import UnknownKind, get_kind
-from ml.reporting import JobCancelled, JobFailed, RunContext
+from ml.core.registry import UnknownKind, get_kind
+from ml.core.reporting import JobCancelled, JobFailed, RunContext
 from service.config import get_settings
 from service.db import jobs as job_repo
 from service.db.tables import Job

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from ml.reporting import JobCancelled, JobFailed
+from ml.core.reporting import JobCancelled, JobFailed
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.db.metrics import Point

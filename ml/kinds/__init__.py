@@ -1,1 +1,20 @@
-"""One module per job kind; each registers itself with :func:`ml.registry.register_kind`."""
+"""Kinds not yet moved to their family's package; each registers itself with
+:func:`ml.core.registry.register_kind`."""
+
+KIND_MODULES: tuple[str, ...] = (
+    "annealing",
+    "autoencoder",
+    "cooling",
+    "dcn",
+    "dec",
+    "diffusion",
+    "gan",
+    "hierarchical",
+    "ising",
+    "jarzynski",
+    "kmeans",
+    "langevin",
+    "pca",
+    "tsne",
+    "vae",
+)

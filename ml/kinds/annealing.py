@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ml.registry import register_kind
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
+from ml.core.registry import register_kind
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
 class AnnealingParams(StrictModel):
@@ -97,7 +97,8 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
 def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     import numpy as np
 
-    from ml import annealing, clustering
+    from ml import annealing
+    from ml.clustering import shared as clustering
     from ml.kmeans import save_centroids
 
     p = spec.params

@@ -8,11 +8,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
-from ml.training_config import TrainingConfig
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.core.training_config import TrainingConfig
 
 Activation = Literal["relu", "elu", "gelu", "selu", "tanh", "leaky_relu", "sigmoid"]
 Labels = int | list[int] | None
@@ -106,8 +106,8 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     load=load,
 )
 def run(spec: AutoencoderSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.anomaly import train_autoencoding
-    from ml.training import job_devices
+    from ml.anomaly.scoring import train_autoencoding
+    from ml.core.training import job_devices
 
     with job_devices(spec.resources):
         return train_autoencoding("autoencoder", spec, reporter, context, sorted(SERVES))

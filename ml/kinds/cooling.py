@@ -13,9 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.spec import JobSpec, StrictModel
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.spec import JobSpec, StrictModel
 
 KELVIN_OFFSET = 273.15
 MAX_STEPS = 10_000_000

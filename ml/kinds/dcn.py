@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.training_config import TrainingConfig
 from ml.kinds.dec import DeepClusteringParams, DeepClusteringSpec
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.training_config import TrainingConfig
 
 
 class DcnParams(DeepClusteringParams):

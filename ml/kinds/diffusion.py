@@ -9,11 +9,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
-from ml.training_config import TrainingConfig
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.core.training_config import TrainingConfig
 
 
 class DiffusionParams(StrictModel):
@@ -122,8 +122,8 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     load=load,
 )
 def run(spec: DiffusionSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.core.training import job_devices
     from ml.diffusion_model import train_diffusion
-    from ml.training import job_devices
 
     with job_devices(spec.resources):
         return train_diffusion(spec, reporter, context, sorted(SERVES))

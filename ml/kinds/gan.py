@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel
-from ml.training_config import TrainingConfig
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel
+from ml.core.training_config import TrainingConfig
 
 
 class GanParams(StrictModel):

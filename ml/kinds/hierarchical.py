@@ -11,10 +11,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ml import hierarchical
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
 class HierarchicalParams(StrictModel):

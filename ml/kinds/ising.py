@@ -26,9 +26,9 @@ from numba import uint64
 from pydantic import Field, model_validator
 from scipy import special
 
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.spec import JobSpec, StrictModel
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.spec import JobSpec, StrictModel
 
 MAX_SIZE = 8192  # an int8 lattice of 64 MiB
 MAX_TEMPERATURES = 200

@@ -26,9 +26,9 @@ import numpy as np
 from pydantic import Field, model_validator
 from scipy.special import logsumexp
 
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.spec import JobSpec, StrictModel
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.spec import JobSpec, StrictModel
 
 MAX_PATHS = 2_000_000  # a handful of float64 arrays of this length: about 80 MB
 MAX_STEPS = 1_000_000

@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ml.registry import register_kind
-from ml.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
+from ml.core.registry import register_kind
+from ml.core.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
 class KMeansParams(StrictModel):
@@ -63,9 +63,9 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     load=load,
 )
 def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml import clustering
+    from ml.clustering import shared as clustering
+    from ml.core.training import device_name
     from ml.kmeans import KMeans, KMeansRun, save_centroids
-    from ml.training import device_name
 
     p = spec.params
     data = clustering.prepare(spec, context, p.n_clusters)

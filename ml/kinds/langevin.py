@@ -22,9 +22,9 @@ import numpy as np
 from numba import uint64
 from pydantic import Field, model_validator
 
-from ml.registry import register_kind
-from ml.reporting import JobFailed, Reporter, RunContext, RunOutcome
-from ml.spec import JobSpec, StrictModel
+from ml.core.registry import register_kind
+from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.spec import JobSpec, StrictModel
 
 MAX_WALKERS = 5_000_000
 # Peak bytes per walker: positions plus the temporaries of one metric point (numba: ~16

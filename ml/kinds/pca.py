@@ -9,11 +9,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.kinds.autoencoder import Labels
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 
 # A strict int: 1.0 is not read as "one component" (it would be a 100% variance target).
 Components = (

@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.core.training_config import OptimizerConfig, TrainingConfig
 from ml.kinds.autoencoder import Activation
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
-from ml.training_config import OptimizerConfig, TrainingConfig
 
 
 class TsneParams(StrictModel):

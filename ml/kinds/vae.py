@@ -8,12 +8,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ml.core.registry import register_kind
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec, Preprocessing, preprocessing_field
+from ml.core.training_config import TrainingConfig
 from ml.kinds.autoencoder import AutoencoderParams
-from ml.registry import register_kind
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec, Preprocessing, preprocessing_field
-from ml.training_config import TrainingConfig
 
 
 class VaeParams(AutoencoderParams):
@@ -59,8 +59,8 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     load=load,
 )
 def run(spec: VaeSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.anomaly import train_autoencoding
-    from ml.training import job_devices
+    from ml.anomaly.scoring import train_autoencoding
+    from ml.core.training import job_devices
 
     with job_devices(spec.resources):
         return train_autoencoding("vae", spec, reporter, context, sorted(SERVES))

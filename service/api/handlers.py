@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ml.registry import list_kinds
+from ml.core.registry import list_kinds
 from service.errors import STATUS_BY_CODE, ServiceError
 
 log = logging.getLogger(__name__)

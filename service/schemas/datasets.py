@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ml.datasets import BuiltinInfo
+from ml.core.datasets import BuiltinInfo
 from service.db.tables import Dataset
 
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from ml.registry import get_kind, list_kinds
-from ml.spec import JobSpec
+from ml.core.registry import get_kind, list_kinds
+from ml.core.spec import JobSpec
 
 
 def _out_of_range_is_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ml.datasets import (
+from ml.core.datasets import (
     DataError,
     UnknownDataset,
     builtin_names,

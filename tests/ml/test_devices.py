@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ml.datasets import load_builtin
-from ml.registry import get_kind
-from ml.reporting import MemoryReporter, RunContext
+from ml.core.datasets import load_builtin
+from ml.core.registry import get_kind
+from ml.core.reporting import MemoryReporter, RunContext
 from tests.conftest import RecordingPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +32,9 @@ RUN_BOTH = textwrap.dedent(
     """
     import json, sys, tempfile
     from pathlib import Path
-    from ml.datasets import load_builtin
-    from ml.registry import get_kind
-    from ml.reporting import MemoryReporter, RunContext
+    from ml.core.datasets import load_builtin
+    from ml.core.registry import get_kind
+    from ml.core.reporting import MemoryReporter, RunContext
 
     kind, training = sys.argv[1], json.loads(sys.argv[2])
     data = load_builtin("breast_cancer")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ml.preprocessing import NotFitted, Scaler
-from ml.spec import JobSpec, Preprocessing, preprocessing_field
+from ml.core.preprocessing import NotFitted, Scaler
+from ml.core.spec import JobSpec, Preprocessing, preprocessing_field
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def test_a_collapsed_generator_shows_in_every_metric() -> None:
 
 
 def test_image_metrics_separate_real_digits_from_noise() -> None:
-    from ml.datasets import load_builtin
+    from ml.core.datasets import load_builtin
 
     digits = load_builtin("digits")
     order = np.random.default_rng(0).permutation(len(digits.x))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.splits import split_indices, stratified_split_indices
+from ml.core.splits import split_indices, stratified_split_indices
 
 
 def test_parts_are_disjoint_and_cover_every_row() -> None:

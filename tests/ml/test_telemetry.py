@@ -1,4 +1,4 @@
-"""The NumPy telemetry estimators of ml.telemetry against cases with known answers.
+"""The NumPy telemetry estimators of ml.core.telemetry against cases with known answers.
 
 Statistical checks use 5 standard errors computed from the samples themselves (independent
 draws, or batch means of a Markov chain), never a hand-tuned tolerance; everything is seeded.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from ml.telemetry import (
+from ml.core.telemetry import (
     Ema,
     Measurement,
     Thermometer,

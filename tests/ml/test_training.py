@@ -1,4 +1,4 @@
-"""The TensorFlow training loop (ml.training.Trainer) on a tiny linear regression."""
+"""The TensorFlow training loop (ml.core.training.Trainer) on a tiny linear regression."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-from ml.reporting import JobFailed, MemoryReporter
-from ml.training import Trainer, configure_determinism
-from ml.training_config import TrainingConfig
+from ml.core.reporting import JobFailed, MemoryReporter
+from ml.core.training import Trainer, configure_determinism
+from ml.core.training_config import TrainingConfig
 
 D = 4
 N_TRAIN, N_VAL, BATCH, MICRO = 224, 32, 16, 4
@@ -395,7 +395,7 @@ def test_measuring_step_matches_a_numpy_oracle() -> None:
 def test_adam_takes_its_betas_and_other_optimizers_refuse_them() -> None:
     from pydantic import ValidationError
 
-    from ml.training import build_optimizer
+    from ml.core.training import build_optimizer
 
     lr, b1, b2 = 0.1, 0.5, 0.99
     config = TrainingConfig(

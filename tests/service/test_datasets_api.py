@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from ml.datasets import builtin_names
+from ml.core.datasets import builtin_names
 from service.config import Settings, get_settings
 from service.db.tables import Dataset
 from service.storage import ArtifactStore

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from ml.datasets import load_builtin
+from ml.core.datasets import load_builtin
 from tests.conftest import submit
 
 QUICK = {"epochs": 2, "batch_size": 32, "seed": 0}

@@ -8,7 +8,7 @@ import io
 import pytest
 from fastapi.testclient import TestClient
 
-from ml.registry import get_kind, list_kinds
+from ml.core.registry import get_kind, list_kinds
 from tests.conftest import RecordingPublisher, submit
 
 COOLING = {"kind": "cooling", "params": {"method": "euler", "dt": 0.5}}

@@ -11,9 +11,9 @@ from typing import Any, Literal
 import pytest
 from sqlalchemy import update
 
-from ml import registry
-from ml.reporting import JobFailed, Reporter, RunOutcome
-from ml.spec import JobSpec, StrictModel
+from ml.core import registry
+from ml.core.reporting import JobFailed, Reporter, RunOutcome
+from ml.core.spec import JobSpec, StrictModel
 from service.config import Settings
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo

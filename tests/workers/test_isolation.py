@@ -10,9 +10,9 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from ml import registry
-from ml.reporting import Reporter, RunOutcome
-from ml.spec import JobSpec, StrictModel
+from ml.core import registry
+from ml.core.reporting import Reporter, RunOutcome
+from ml.core.spec import JobSpec, StrictModel
 from service.config import Settings
 from tests.workers.test_execute import make_job, read
 from workers.isolation import run_isolated

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from ml.datasets import BUILTIN_PREFIX
+from ml.core.datasets import BUILTIN_PREFIX
 from service import datasets
 from service.api import uploads
 from service.api.deps import SessionDep, SettingsDep, StoreDep

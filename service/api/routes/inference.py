@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from ml.serving import UnsupportedOperation
+from ml.core.serving import UnsupportedOperation
 from service import arrow_ipc, prom
 from service.api.deps import get_store
 from service.db import models as model_repo

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 
-from ml.spec import JobSpec
+from ml.core.spec import JobSpec
 from service import datasets
 from service.api.deps import PrincipalDep, PublisherDep, SessionDep, SettingsDep
 from service.db import jobs as job_repo

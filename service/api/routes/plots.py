@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import func, select
 
-from ml.registry import UnknownKind, get_kind
+from ml.core.registry import UnknownKind, get_kind
 from service import plots
 from service.api.deps import SessionDep
 from service.db import jobs as job_repo

@@ -12,10 +12,10 @@ from pydantic import ValidationError
 from scipy.special import logsumexp
 
 from ml import annealing
-from ml.datasets import Dataset
+from ml.core.datasets import Dataset
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed
 from ml.kinds.annealing import AnnealingSpec
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed
 from tests.ml.kinds.test_autoencoder import serve, train
 
 CENTRES = np.array([[-6.0, 0.0], [0.0, 0.0], [6.0, 1.0], [0.0, 8.0]])

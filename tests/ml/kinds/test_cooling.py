@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ml.core.registry import get_kind
+from ml.core.reporting import MemoryReporter
 from ml.kinds.cooling import CoolingParams, CoolingSpec, entropy_total, integrate
-from ml.registry import get_kind
-from ml.reporting import MemoryReporter
 
 SEED = {"initial_temperature": 100, "ambient_temperature": 25, "cooling_constant": 0.1}
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ml.datasets import Dataset, load_builtin
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.reporting import JobFailed
 from ml.kinds.dcn import DcnSpec
-from ml.reporting import JobFailed
 from tests.ml.kinds.test_autoencoder import TELEMETRY, serve, train
 
 FAST = {
@@ -97,8 +97,8 @@ def test_centroid_updates_are_the_papers_count_weighted_steps() -> None:
     is the running mean (c_k m_k + Σ z_i) / (c_k + n_k)."""
     import tensorflow as tf
 
+    from ml.core.reporting import MemoryReporter
     from ml.dcn import Clusters
-    from ml.reporting import MemoryReporter
 
     rng = np.random.default_rng(0)
     z = rng.standard_normal((50, 2)).astype(np.float32)

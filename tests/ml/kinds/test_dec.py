@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from ml.datasets import Dataset, load_builtin
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.reporting import JobFailed
 from ml.kinds.dec import DecSpec
-from ml.reporting import JobFailed
 from tests.ml.kinds.test_autoencoder import TELEMETRY, serve, train
 
 FAST = {

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml.datasets import Dataset, load_builtin
-from ml.reporting import MemoryReporter, RunOutcome
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.reporting import MemoryReporter, RunOutcome
 from tests.ml.kinds.test_autoencoder import serve, train
 
 TINY = {"timesteps": 40, "schedule": "sohl_dickstein", "hidden": [32, 32], "bound_timesteps": 100}

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml.datasets import Dataset
+from ml.core.datasets import Dataset
+from ml.core.reporting import MemoryReporter, RunOutcome
 from ml.kinds.gan import GanParams
-from ml.reporting import MemoryReporter, RunOutcome
 from tests.ml.kinds.test_autoencoder import serve, train
 from tests.ml.kinds.test_diffusion import subset
 

@@ -15,10 +15,10 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
 from ml import hierarchical
-from ml.datasets import Dataset, load_builtin
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed
 from ml.kinds.hierarchical import HierarchicalSpec
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed
 from tests.conftest import submit
 from tests.ml.kinds.test_autoencoder import serve, train
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ml.core.registry import get_kind, list_kinds
+from ml.core.reporting import MemoryReporter
 from ml.kinds.ising import (
     MAX_SIZE,
     IsingParams,
@@ -26,8 +28,6 @@ from ml.kinds.ising import (
     thresholds,
     yang_magnetization,
 )
-from ml.registry import get_kind, list_kinds
-from ml.reporting import MemoryReporter
 
 Z = 5.0  # standard errors
 OBSERVABLES = ("energy_per_spin", "abs_magnetization", "magnetization")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ml.core.registry import get_kind, list_kinds
+from ml.core.reporting import MemoryReporter
 from ml.kinds.jarzynski import MAX_PATHS, JarzynskiParams, JarzynskiSpec
-from ml.registry import get_kind, list_kinds
-from ml.reporting import MemoryReporter
 
 Z = 5.0  # standard errors
 

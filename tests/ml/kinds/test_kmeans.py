@@ -12,11 +12,11 @@ from pydantic import ValidationError
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.metrics import adjusted_rand_score
 
-from ml.datasets import Dataset, load_builtin
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed
+from ml.core.serving import UnsupportedOperation
 from ml.kinds.kmeans import KMeansSpec
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed
-from ml.serving import UnsupportedOperation
 from tests.conftest import submit
 from tests.ml.kinds.test_autoencoder import serve, train
 

@@ -15,9 +15,9 @@ import pytest
 from pydantic import ValidationError
 from scipy import integrate
 
+from ml.core.registry import get_kind, list_kinds
+from ml.core.reporting import MemoryReporter
 from ml.kinds.langevin import MAX_WALKERS, LangevinParams, LangevinSpec
-from ml.registry import get_kind, list_kinds
-from ml.reporting import MemoryReporter
 
 Z = 5.0  # standard errors
 

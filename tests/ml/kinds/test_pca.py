@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sklearn.decomposition import PCA
 
-from ml.datasets import Dataset, load_builtin
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed
+from ml.core.serving import UnsupportedOperation
 from ml.kinds.pca import PcaSpec
 from ml.pca import PcaModel, decompose
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed
-from ml.serving import UnsupportedOperation
 from tests.conftest import submit
 from tests.ml.kinds.test_autoencoder import serve, train
 

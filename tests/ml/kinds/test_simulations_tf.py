@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from ml.core.registry import get_kind, list_kinds
+from ml.core.reporting import MemoryReporter
 from ml.kinds.ising import lattice_sums, onsager_energy_per_spin, thresholds, yang_magnetization
-from ml.registry import get_kind, list_kinds
-from ml.reporting import MemoryReporter
 from tests.conftest import submit
 
 Z = 5.0  # standard errors

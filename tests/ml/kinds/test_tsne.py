@@ -15,10 +15,10 @@ from scipy.spatial.distance import squareform
 from sklearn.manifold._t_sne import _joint_probabilities
 from sklearn.metrics import pairwise_distances
 
-from ml.datasets import Dataset, load_builtin
+from ml.core.datasets import Dataset, load_builtin
+from ml.core.reporting import JobFailed
+from ml.core.splits import split_indices
 from ml.kinds.tsne import TsneSpec
-from ml.reporting import JobFailed
-from ml.splits import split_indices
 from tests.conftest import submit
 from tests.ml.kinds.test_autoencoder import TELEMETRY, serve, train
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ml.clustering import class_labels
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, RunContext
+from ml.clustering.shared import class_labels
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, RunContext
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.splits import split_indices, stratified_split_indices
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.splits import split_indices, stratified_split_indices
 
 
 def _as_set(labels: int | list[int] | None) -> set[int] | None:
@@ -127,7 +127,7 @@ def train_autoencoding(
     kind: str, spec: Any, reporter: Reporter, context: RunContext, capabilities: list[str]
 ) -> RunOutcome:
     from ml import autoencoding as ae
-    from ml.training import Trainer, configure_determinism, device_name
+    from ml.core.training import Trainer, configure_determinism, device_name
 
     configure_determinism(spec.training)
     data = prepare(spec, context)

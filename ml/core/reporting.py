@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ml.datasets import Dataset
+    from ml.core.datasets import Dataset
 
 
 class JobCancelled(Exception):

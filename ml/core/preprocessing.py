@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.spec import Preprocessing, ScaleName
+from ml.core.spec import Preprocessing, ScaleName
 
 METHODS: tuple[ScaleName, ...] = ("minmax", "standard", "none")
 

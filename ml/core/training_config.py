@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ml.spec import StrictModel
+from ml.core.spec import StrictModel
 
 
 class OptimizerConfig(StrictModel):

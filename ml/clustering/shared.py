@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, RunContext
-from ml.spec import too_many_clusters
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, RunContext
+from ml.core.spec import too_many_clusters
 
 # Rows sampled first when looking for k distinct ones; all rows are compared when they fall short.
 DISTINCT_SAMPLE = 1_000

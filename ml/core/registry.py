@@ -1,4 +1,4 @@
-"""The registry of job kinds: one module in `ml/kinds/` per kind, registered by name.
+"""The registry of job kinds: one module per kind in its family's package, registered by name.
 
 Routes, tasks and loaders ask the registry what a kind is, accepts and serves; nothing else
 branches on a kind's name.
@@ -7,15 +7,14 @@ branches on a kind's name.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ml.reporting import Reporter, RunContext, RunOutcome
-from ml.serving import Servable
-from ml.spec import JobSpec
+from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.serving import Servable
+from ml.core.spec import JobSpec
 
 
 class UnknownKind(LookupError):
@@ -68,7 +67,7 @@ def register_kind(
     """Decorate a kind's `run` function to register the kind under `name`.
 
     Kinds that train a model pass `serves` (operation names) and `load` (files and the models
-    row's metadata -> a :class:`ml.serving.Servable`).
+    row's metadata -> a :class:`ml.core.serving.Servable`).
     """
 
     def decorate(run: RunFn) -> RunFn:
@@ -80,15 +79,26 @@ def register_kind(
     return decorate
 
 
+# The packages that hold kinds. Each lists, in `KIND_MODULES`, its modules that register a kind;
+# only those are imported to discover the kinds (the others may import TensorFlow at module level).
+FAMILIES = (
+    "ml.kinds",
+    "ml.simulation",
+    "ml.clustering",
+    "ml.generative",
+    "ml.reduction",
+    "ml.anomaly",
+)
+
+
 def _discover() -> None:
     global _discovered
     if _discovered:
         return
-    import ml.kinds
-
-    for module in pkgutil.iter_modules(ml.kinds.__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"ml.kinds.{module.name}")
+    for family in FAMILIES:
+        package = importlib.import_module(family)
+        for module in package.KIND_MODULES:
+            importlib.import_module(f"{family}.{module}")
     _discovered = True
 
 

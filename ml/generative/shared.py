@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ml.preprocessing import Scaler
-from ml.reporting import JobFailed, RunContext
-from ml.serving import UnsupportedOperation, png
-from ml.splits import split_indices
+from ml.core.preprocessing import Scaler
+from ml.core.reporting import JobFailed, RunContext
+from ml.core.serving import UnsupportedOperation, png
+from ml.core.splits import split_indices
 
 REFERENCE_ROWS = 1000  # held-out real rows stored with a model for its samples picture
 PICTURE_SEED = 0

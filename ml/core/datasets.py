@@ -2,7 +2,7 @@
 
 Built-ins come from scikit-learn's bundled files or are generated with a fixed seed, so the same
 name always gives the same arrays and nothing is downloaded. Uploaded files are read by
-`ml.loaders`; both give a :class:`Dataset`.
+`ml.core.loaders`; both give a :class:`Dataset`.
 """
 
 from __future__ import annotations
@@ -230,15 +230,15 @@ def list_builtins() -> list[BuiltinInfo]:
 
 
 def load_file(path: Any, fmt: str, *, label_column: str | None = None, name: str = "") -> Dataset:
-    """Read an uploaded CSV, NPY, NPZ or Parquet file (see `ml.loaders`); DataError if unusable."""
-    from ml import loaders
+    """Read an uploaded CSV, NPY, NPZ or Parquet file (`ml.core.loaders`); DataError if unusable."""
+    from ml.core import loaders
 
     return loaders.load_file(path, fmt, label_column=label_column, name=name)
 
 
 def detect_format(filename: str | None, head: bytes) -> str:
     """`csv`, `npy`, `npz` or `parquet`, from the name's extension or the first bytes."""
-    from ml import loaders
+    from ml.core import loaders
 
     return loaders.detect_format(filename, head)
 

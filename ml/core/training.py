@@ -24,10 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.reporting import JobFailed, Reporter
-from ml.spec import Resources
-from ml.telemetry import Measurement, Thermometer
-from ml.training_config import OptimizerConfig, ScheduleConfig, TrainingConfig
+from ml.core.reporting import JobFailed, Reporter
+from ml.core.spec import Resources
+from ml.core.telemetry import Measurement, Thermometer
+from ml.core.training_config import OptimizerConfig, ScheduleConfig, TrainingConfig
 
 CHECKPOINT_STATE = "trainer.json"
 CHECKPOINT_OPTIMIZER = "optimizer.npz"

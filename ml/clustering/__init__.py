@@ -1,0 +1,4 @@
+"""Clustering: k-means, deterministic annealing, hierarchical, and the deep clustering of DEC
+and DCN."""
+
+KIND_MODULES: tuple[str, ...] = ()
