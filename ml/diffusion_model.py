@@ -273,14 +273,7 @@ def train_diffusion(
         pictures=["samples"],
     )
     result = {
-        "final_loss": fit.final_loss,
-        "final_val_loss": fit.final_val_loss,
-        "epochs": fit.epochs_run,
-        "steps": fit.steps,
-        "stopped_early": fit.stopped_early,
-        "resumed": resumed,
-        "samples_per_second": fit.samples_per_second,
-        "train_seconds": fit.seconds,
+        **fit.summary(resumed=resumed),
         "threshold": cut,
         "nll_bound_bits_per_dim": bound_bits,
         "entropy_production_total": float(sigma.sum()),

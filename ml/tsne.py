@@ -246,13 +246,7 @@ def train_tsne(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome
     )
     result = {
         **evaluation,
-        "final_loss": fit.final_loss,
-        "final_val_loss": fit.final_val_loss,
-        "epochs": fit.epochs_run,
-        "steps": fit.steps,
-        "stopped_early": fit.stopped_early,
-        "resumed": resumed,
-        "samples_per_second": fit.samples_per_second,
+        **fit.summary(resumed=resumed),
         "energy_units": "training loss: KL(αP‖Q) of a batch, in nats",
     }
     return RunOutcome(result=result, device=device_name(), model=model)

@@ -192,13 +192,7 @@ def train_autoencoding(
         evaluation=evaluation,
     )
     result = {
-        "final_loss": fit.final_loss,
-        "final_val_loss": fit.final_val_loss,
-        "epochs": fit.epochs_run,
-        "steps": fit.steps,
-        "stopped_early": fit.stopped_early,
-        "resumed": resumed,
-        "samples_per_second": fit.samples_per_second,
+        **fit.summary(resumed=resumed),
         "threshold": cut,
         "energy_units": "training loss: "
         + ("nats per example (−ELBO)" if kind == "vae" else "mean over features"),

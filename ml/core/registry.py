@@ -63,12 +63,16 @@ def register_kind(
     serves: frozenset[str] = frozenset(),
     pictures: frozenset[str] = frozenset(),
     load: LoadFn | None = None,
+    servable: str | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Decorate a kind's `run` function to register the kind under `name`.
 
-    Kinds that train a model pass `serves` (operation names) and `load` (files and the models
-    row's metadata -> a :class:`ml.core.serving.Servable`).
+    Kinds that train a model pass `serves` (operation names) and either `servable`, the
+    `"module:Class"` of its :class:`ml.core.serving.Servable` (built from the files and the models
+    row's metadata, imported on first load), or a `load` function doing the same.
     """
+    if servable is not None:
+        load = _lazy_loader(servable)
 
     def decorate(run: RunFn) -> RunFn:
         if name in _KINDS and _KINDS[name].run is not run:
@@ -77,6 +81,18 @@ def register_kind(
         return run
 
     return decorate
+
+
+def _lazy_loader(path: str) -> LoadFn:
+    """A `load` that imports `module:Class` when first called: serving modules import
+    TensorFlow at module level, which the API must not do at start-up."""
+    module_name, _, class_name = path.partition(":")
+
+    def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
+        servable_class = getattr(importlib.import_module(module_name), class_name)
+        return servable_class(files, meta)  # type: ignore[no-any-return]
+
+    return load
 
 
 # The packages that hold kinds. Each lists, in `KIND_MODULES`, its modules that register a kind;

@@ -159,6 +159,19 @@ class FitResult:
     samples_per_second: float
     history: dict[str, list[float]] = field(default_factory=dict)
 
+    def summary(self, *, resumed: bool) -> dict[str, Any]:
+        """What every gradient-trained kind reports of its training in the job's result."""
+        return {
+            "final_loss": self.final_loss,
+            "final_val_loss": self.final_val_loss,
+            "epochs": self.epochs_run,
+            "steps": self.steps,
+            "stopped_early": self.stopped_early,
+            "resumed": resumed,
+            "samples_per_second": self.samples_per_second,
+            "train_seconds": self.seconds,
+        }
+
 
 def _data_options() -> tf.data.Options:
     options = tf.data.Options()

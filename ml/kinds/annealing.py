@@ -6,14 +6,12 @@ and predicts clusters and Gibbs probabilities at the final temperature."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
@@ -80,19 +78,13 @@ AnnealingSpec.example = {
 SERVES = frozenset({"predict"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.kmeans import CentroidServable
-
-    return CentroidServable(files, meta)
-
-
 @register_kind(
     name="annealing",
     spec=AnnealingSpec,
     summary="Deterministic annealing clustering: phase transitions of a cooling codebook.",
     category="model",
     serves=SERVES,
-    load=load,
+    servable="ml.kmeans:CentroidServable",
 )
 def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     import numpy as np

@@ -4,14 +4,12 @@ the shared trainer, with its telemetry) alternate with assignment and centroid u
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.training_config import TrainingConfig
 from ml.kinds.dec import DeepClusteringParams, DeepClusteringSpec
 
@@ -54,19 +52,13 @@ DcnSpec.example = {
 SERVES = frozenset({"encode", "predict"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.dcn import DcnServable
-
-    return DcnServable(files, meta)
-
-
 @register_kind(
     name="dcn",
     spec=DcnSpec,
     summary="Deep clustering network: an autoencoder trained jointly with k-means in its latents.",
     category="model",
     serves=SERVES,
-    load=load,
+    servable="ml.dcn:DcnServable",
 )
 def run(spec: DcnSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.dcn import train_dcn

@@ -4,14 +4,12 @@ refined together on KL(P‖Q) through the shared trainer (with its thermodynamic
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 from ml.core.training_config import TrainingConfig
 from ml.kinds.autoencoder import Activation
@@ -99,19 +97,13 @@ DecSpec.example = {
 SERVES = frozenset({"encode", "predict"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.deep_clustering import DecServable
-
-    return DecServable(files, meta)
-
-
 @register_kind(
     name="dec",
     spec=DecSpec,
     summary="Deep embedded clustering: encodes rows and predicts soft cluster assignments.",
     category="model",
     serves=SERVES,
-    load=load,
+    servable="ml.deep_clustering:DecServable",
 )
 def run(spec: DecSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.deep_clustering import train_dec

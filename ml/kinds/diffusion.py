@@ -4,14 +4,12 @@ bound as an anomaly score, and the forward chain's entropy production."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import TrainingConfig
 
@@ -106,12 +104,6 @@ DiffusionSpec.example = {
 SERVES = frozenset({"generate", "score"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.diffusion_model import DiffusionServable
-
-    return DiffusionServable(files, meta)
-
-
 @register_kind(
     name="diffusion",
     spec=DiffusionSpec,
@@ -119,7 +111,7 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     category="model",
     serves=SERVES,
     pictures=frozenset({"samples"}),
-    load=load,
+    servable="ml.diffusion_model:DiffusionServable",
 )
 def run(spec: DiffusionSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.core.training import job_devices

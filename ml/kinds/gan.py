@@ -4,14 +4,12 @@ and discriminator (512-256); a small DCGAN for image rows."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel
 from ml.core.training_config import TrainingConfig
 
@@ -84,12 +82,6 @@ GanSpec.example = {
 SERVES = frozenset({"generate"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.gan import GanServable
-
-    return GanServable(files, meta)
-
-
 @register_kind(
     name="gan",
     spec=GanSpec,
@@ -97,7 +89,7 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     category="model",
     serves=SERVES,
     pictures=frozenset({"samples"}),
-    load=load,
+    servable="ml.gan:GanServable",
 )
 def run(spec: GanSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.gan import train_gan

@@ -3,14 +3,12 @@ model is the best restart's centroids, and it predicts clusters and squared dist
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from ml.core.registry import register_kind
 from ml.core.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
@@ -48,19 +46,13 @@ KMeansSpec.example = {
 SERVES = frozenset({"predict"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.kmeans import CentroidServable
-
-    return CentroidServable(files, meta)
-
-
 @register_kind(
     name="kmeans",
     spec=KMeansSpec,
     summary="k-means clustering (k-means++, restarts); predicts clusters and distances.",
     category="model",
     serves=SERVES,
-    load=load,
+    servable="ml.kmeans:CentroidServable",
 )
 def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.clustering import shared as clustering

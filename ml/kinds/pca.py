@@ -4,14 +4,12 @@ distance to the principal subspace, with a threshold calibrated like the autoenc
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.kinds.autoencoder import Labels
 
@@ -110,19 +108,13 @@ PcaSpec.example = {
 SERVES = frozenset({"encode", "reconstruct", "score"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.pca import PcaServable
-
-    return PcaServable(files, meta)
-
-
 @register_kind(
     name="pca",
     spec=PcaSpec,
     summary="Principal component analysis: projections, reconstructions and anomaly scores.",
     category="model",
     serves=SERVES,
-    load=load,
+    servable="ml.pca:PcaServable",
 )
 def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.pca import train_pca

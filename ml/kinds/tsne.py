@@ -4,14 +4,12 @@ new rows, records trustworthiness next to scikit-learn's TSNE, and draws the tra
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import OptimizerConfig, TrainingConfig
 from ml.kinds.autoencoder import Activation
@@ -102,12 +100,6 @@ TsneSpec.example = {
 SERVES = frozenset({"encode"})
 
 
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.tsne import TsneServable
-
-    return TsneServable(files, meta)
-
-
 @register_kind(
     name="tsne",
     spec=TsneSpec,
@@ -115,7 +107,7 @@ def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
     category="model",
     serves=SERVES,
     pictures=frozenset({"embedding"}),
-    load=load,
+    servable="ml.tsne:TsneServable",
 )
 def run(spec: TsneSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.tsne import train_tsne
