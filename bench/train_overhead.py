@@ -53,16 +53,16 @@ import numpy as np
 import tensorflow as tf
 
 from bench.common import table, write_report
-from ml.autoencoding import AutoencoderObjective, VaeObjective
+from ml.anomaly.autoencoder import AutoencoderParams
+from ml.anomaly.autoencoding import AutoencoderObjective, VaeObjective
+from ml.anomaly.vae import VaeParams
 from ml.core.datasets import load_builtin
 from ml.core.reporting import MemoryReporter
 from ml.core.splits import split_indices
 from ml.core.training import Trainer
 from ml.core.training_config import TelemetryConfig, TrainingConfig
 from ml.diffusion_model import DiffusionObjective, EmaTrainer, chain_of
-from ml.kinds.autoencoder import AutoencoderParams
 from ml.kinds.diffusion import DiffusionParams, DiffusionTraining
-from ml.kinds.vae import VaeParams
 
 LOOPS = ("model.fit", "thermoml", "thermoml (no telemetry)")
 LEARNING_RATE = 1e-3  # the Trainer's default Adam rate

@@ -23,9 +23,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.autoencoding import AutoencoderObjective
-from ml.autoencoding import load_weights as load_autoencoder
-from ml.autoencoding import save_weights as save_autoencoder
+from ml.anomaly.autoencoding import AutoencoderObjective
+from ml.anomaly.autoencoding import load_weights as load_autoencoder
+from ml.anomaly.autoencoding import save_weights as save_autoencoder
 from ml.clustering import shared as clustering
 from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
@@ -169,8 +169,8 @@ class Refinement:
 
 
 def train_dec(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.anomaly.autoencoder import AutoencoderParams
     from ml.core.training import CHECKPOINT_STATE, Trainer, configure_determinism, device_name
-    from ml.kinds.autoencoder import AutoencoderParams
 
     p, training = spec.params, spec.training
     configure_determinism(training)

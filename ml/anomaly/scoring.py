@@ -126,7 +126,7 @@ def evaluate(scores: np.ndarray, truth: np.ndarray, cut: float) -> dict[str, flo
 def train_autoencoding(
     kind: str, spec: Any, reporter: Reporter, context: RunContext, capabilities: list[str]
 ) -> RunOutcome:
-    from ml import autoencoding as ae
+    from ml.anomaly import autoencoding as ae
     from ml.core.training import Trainer, configure_determinism, device_name
 
     configure_determinism(spec.training)

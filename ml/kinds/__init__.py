@@ -3,7 +3,6 @@
 
 KIND_MODULES: tuple[str, ...] = (
     "annealing",
-    "autoencoder",
     "cooling",
     "dcn",
     "dec",
@@ -16,5 +15,4 @@ KIND_MODULES: tuple[str, ...] = (
     "langevin",
     "pca",
     "tsne",
-    "vae",
 )

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from ml.anomaly.autoencoder import Labels
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
-from ml.kinds.autoencoder import Labels
 
 # A strict int: 1.0 is not read as "one component" (it would be a 100% variance target).
 Components = (

@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ml.anomaly.autoencoder import Activation
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import OptimizerConfig, TrainingConfig
-from ml.kinds.autoencoder import Activation
 
 
 class TsneParams(StrictModel):

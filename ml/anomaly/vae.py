@@ -8,12 +8,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ml.anomaly.autoencoder import AutoencoderParams
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, preprocessing_field
 from ml.core.training_config import TrainingConfig
-from ml.kinds.autoencoder import AutoencoderParams
 
 
 class VaeParams(AutoencoderParams):
@@ -45,7 +45,7 @@ SERVES = frozenset({"encode", "reconstruct", "score", "generate"})
 
 
 def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.autoencoding import AutoencodingServable
+    from ml.anomaly.autoencoding import AutoencodingServable
 
     return AutoencodingServable("vae", files, meta)
 

@@ -92,7 +92,7 @@ SERVES = frozenset({"encode", "reconstruct", "score"})
 
 
 def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.autoencoding import AutoencodingServable
+    from ml.anomaly.autoencoding import AutoencodingServable
 
     return AutoencodingServable("autoencoder", files, meta)
 

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ml.anomaly.autoencoder import AutoencoderParams
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.registry import get_kind
 from ml.core.reporting import JobFailed, MemoryReporter, RunContext, RunOutcome
 from ml.core.serving import UnsupportedOperation
-from ml.kinds.autoencoder import AutoencoderParams
 
 FAST = {"epochs": 4, "batch_size": 32, "seed": 0, "telemetry": {"every_steps": 5}}
 TELEMETRY = (
