@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import jobs as lifecycle
 from service.config import Settings
+from service.db import jobs as job_reads
 from service.db.base import utcnow
-from service.db.jobs import mark_published, unpublished
-from service.db.tables import Job
 from service.queue import Publisher
 
 log = logging.getLogger(__name__)
@@ -26,64 +26,40 @@ log = logging.getLogger(__name__)
 def reconcile_once(
     sessions: sessionmaker[Session], publisher: Publisher, settings: Settings
 ) -> int:
-    """One pass; returns how many jobs were published."""
+    """One pass; returns how many jobs were published. Each goes to its queue at its priority."""
     now = utcnow()
     lease = dt.timedelta(seconds=settings.job_lease)
     with sessions() as session:
-        waiting = unpublished(session, older_than=now - dt.timedelta(seconds=0.5))
-        stale = session.execute(
-            select(Job.id, Job.queue, Job.priority).where(
-                Job.status == "running",
-                Job.heartbeat_at < now - lease,
-                (Job.published_at.is_(None)) | (Job.published_at < now - lease),
-            )
-        ).all()
-        rows = session.execute(select(Job.id, Job.queue).where(Job.id.in_(waiting))).all()
-        queues = {job_id: queue for job_id, queue in rows}
         lost = _lost_in_broker(session, publisher, settings, now)
-    published = 0
-    for job_id, queue, priority in lost:
+        waiting = job_reads.unpublished(session, older_than=now - dt.timedelta(seconds=0.5))
+        stale = job_reads.stale(session, now=now, lease=lease)
+    for job in lost:
         log.warning(
-            "job %s is queued but not in the broker's %s queue; publishing again", job_id, queue
+            "job %s is queued but not in the broker's %s queue; publishing again", job.id, job.queue
         )
-        if publisher.publish(job_id, queue=queue, priority=priority):
-            with sessions.begin() as session:
-                mark_published(session, job_id=job_id)
-            published += 1
-    for job_id in waiting:
-        if publisher.publish(job_id, queue=queues.get(job_id, "cpu")):
-            with sessions.begin() as session:
-                mark_published(session, job_id=job_id)
-            published += 1
-    for job_id, queue, priority in stale:
-        log.warning("job %s lost its worker (no heartbeat for %s); publishing again", job_id, lease)
-        if publisher.publish(job_id, queue=queue, priority=priority):
-            with sessions.begin() as session:
-                session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
-            published += 1
+    for job in stale:
+        log.warning("job %s lost its worker (no heartbeat for %s); publishing again", job.id, lease)
+    published = 0
+    with sessions() as session:
+        for job in [*lost, *waiting, *stale]:
+            published += lifecycle.publish(session, publisher, job)
     return published
 
 
 def _lost_in_broker(
     session: Session, publisher: Publisher, settings: Settings, now: dt.datetime
-) -> list[tuple[str, str, int]]:
+) -> list[Any]:
     """Published queued jobs the broker no longer holds (Redis restarted without persistence,
     or flushed): their queue is empty although they were published a while ago. A job whose
     message still exists is never claimed twice (the claim), so publishing again is safe."""
     grace = now - dt.timedelta(seconds=settings.lost_message_grace)
-    candidates = session.execute(
-        select(Job.id, Job.queue, Job.priority).where(
-            Job.status == "queued", Job.published_at.is_not(None), Job.published_at < grace
-        )
-    ).all()
     empty: dict[str, bool] = {}
     lost = []
-    for job_id, queue, priority in candidates:
-        if queue not in empty:
-            depth = publisher.queue_depth(queue)
-            empty[queue] = depth == 0
-        if empty[queue]:
-            lost.append((job_id, queue, priority))
+    for job in job_reads.published_before(session, when=grace):
+        if job.queue not in empty:
+            empty[job.queue] = publisher.queue_depth(job.queue) == 0
+        if empty[job.queue]:
+            lost.append(job)
     return lost
 
 

@@ -42,14 +42,14 @@ class RecordingPublisher:
     """Stands in for the broker: records what was published; can run jobs inline."""
 
     def __init__(self, run_inline: bool = False, up: bool = True) -> None:
-        self.published: list[tuple[str, str]] = []
+        self.published: list[tuple[str, str, int]] = []
         self.run_inline = run_inline
         self.up = up
 
     def publish(self, job_id: str, *, queue: str, priority: int = 5) -> bool:
         if not self.up:
             return False
-        self.published.append((job_id, queue))
+        self.published.append((job_id, queue, priority))
         if self.run_inline:
             from workers.execute import execute
 

@@ -15,7 +15,7 @@ from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.splits import split_indices
-from service.db import jobs as job_repo
+from service import jobs as lifecycle
 from service.db.base import new_id
 from service.db.tables import Job, Model
 from workers import runtime
@@ -84,7 +84,7 @@ def make_job(dataset: str | None = "builtin:moons", name: str = "tiny-model", **
     if dataset is not None:
         spec["dataset"] = dataset
     with runtime.sessions().begin() as session:
-        job_repo.create(
+        lifecycle.create(
             session, job_id=job_id, kind="tiny", name=name, spec=spec, queue="cpu", priority=5
         )
     return job_id

@@ -11,22 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from ml.core.datasets import DataError, Dataset
 from ml.core.reporting import JobFailed, ModelOutcome
 from service import datasets
-from service.db import jobs as job_repo
+from service import jobs as lifecycle
+from service.db import jobs as job_reads
 from service.db import models as model_repo
 from service.db.base import utcnow
-from service.db.tables import Job
+from service.jsonsafe import json_safe
 from service.storage import (
     ArtifactStore,
     StorageError,
@@ -38,21 +37,6 @@ from workers.reporter import JobLost
 
 log = logging.getLogger("thermoml.worker")
 MODEL_NAMESPACE = uuid.UUID("5d0f6a52-34c1-4b0e-9d4e-2f1b7a9c8e61")
-
-
-def json_safe(value: Any) -> Any:
-    """NumPy scalars and arrays as plain JSON values; non-finite floats as None."""
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def load_dataset(
@@ -88,7 +72,7 @@ class Checkpoints:
     def restore(self) -> int:
         """Download the last recorded checkpoint into the folder; the number of files."""
         with self.sessions() as session:
-            manifest = session.get(Job, self.job_id).checkpoint  # type: ignore[union-attr]
+            manifest = job_reads.get(session, job_id=self.job_id).checkpoint
         if not manifest:
             return 0
         self.touched = True
@@ -111,7 +95,7 @@ class Checkpoints:
             files[relative] = self.store.put_file(path, f"{prefix}/{relative}").manifest_entry()
         manifest = {"generation": generation, "files": files}
         with self.sessions.begin() as session:
-            owned = job_repo.save_checkpoint(
+            owned = lifecycle.save_checkpoint(
                 session, job_id=self.job_id, attempt=self.attempt, manifest=manifest
             )
         if not owned:

@@ -14,12 +14,9 @@ import os
 import signal
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
 
+from service import jobs as lifecycle
 from service.config import get_settings
-from service.db.base import utcnow
-from service.db.tables import Job
-from service.queue import RUN_JOB_TASK
 from workers import runtime
 
 log = logging.getLogger("thermoml.worker")
@@ -67,45 +64,22 @@ def _child(job_id: str, worker: str) -> None:
 
 def _fail_dead_job(job_id: str, worker: str, code: str, message: str) -> None:
     """End a job whose process died before it could end the job itself."""
-    with runtime.sessions().begin() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running", Job.worker == worker)
-            .values(status="failed", error_code=code, error_message=message, finished_at=utcnow())
-        )
+    with runtime.sessions()() as session:
+        lifecycle.fail_dead(session, job_id=job_id, worker=worker, code=code, message=message)
 
 
 def _requeue_killed_job(job_id: str, worker: str, sig: str) -> None:
-    """A job whose process was killed (the OOM killer, an operator) goes back to the queue and
-    resumes from its last checkpoint; after `max_attempts` claims it fails as `worker_lost`."""
-    settings = get_settings()
-    with runtime.sessions().begin() as session:
-        requeued = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == "running",
-                Job.worker == worker,
-                Job.attempts < settings.max_attempts,
-            )
-            .values(status="queued", worker=None, heartbeat_at=None, published_at=None)
-        ).rowcount  # type: ignore[attr-defined]
-        queue = session.scalar(select(Job.queue).where(Job.id == job_id))
-    if not requeued:
-        message = (
-            f"the job's process was killed by {sig} on each of {settings.max_attempts} attempts "
-            "(out of memory?)"
+    """A killed job process: the job goes back to its queue at its priority (or fails as
+    `worker_lost` after `max_attempts`); see `service.jobs.requeue_killed`."""
+    with runtime.sessions()() as session:
+        lifecycle.requeue_killed(
+            session,
+            runtime.publisher(),
+            job_id=job_id,
+            worker=worker,
+            sig=sig,
+            max_attempts=get_settings().max_attempts,
         )
-        _fail_dead_job(job_id, worker, "worker_lost", message)
-        return
-    from workers.app import app
-
-    try:
-        app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue or "cpu")
-        with runtime.sessions().begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
-    except Exception as exc:  # the API's reconciler publishes jobs left unpublished
-        log.warning("job %s: could not publish it again (%s); the reconciler will", job_id, exc)
 
 
 def run_isolated(job_id: str, *, worker: str, time_limit: float) -> None:

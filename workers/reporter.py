@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from ml.core.reporting import JobCancelled, JobFailed
-from service.db import jobs as job_repo
+from service import jobs as lifecycle
 from service.db import metrics as metric_repo
 from service.db.metrics import Point
 
@@ -79,7 +79,7 @@ class DbReporter:
         points, self._points = self._points, []
         with self.sessions.begin() as session:
             metric_repo.upsert(session, job_id=self.job_id, points=points)
-            owned, cancel = job_repo.heartbeat(
+            owned, cancel = lifecycle.heartbeat(
                 session, job_id=self.job_id, attempt=self.attempt, progress=self._progress
             )
         self._last_flush = time.monotonic()
@@ -115,6 +115,6 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 with self.sessions.begin() as session:
-                    job_repo.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
+                    lifecycle.heartbeat(session, job_id=self.job_id, attempt=self.attempt)
             except Exception as exc:  # the database may be briefly down; the lease has slack
                 log.warning("heartbeat of job %s failed: %s", self.job_id, exc)

@@ -9,12 +9,14 @@ from __future__ import annotations
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import jobs as lifecycle
 from service.config import get_settings
-from service.db import jobs as job_repo
 from service.db.session import make_engine, make_sessionmaker
+from service.queue import Publisher
 
 _engine: Engine | None = None
 _sessions: sessionmaker[Session] | None = None
+_publisher: Publisher | None = None
 
 
 def sessions() -> sessionmaker[Session]:
@@ -25,6 +27,14 @@ def sessions() -> sessionmaker[Session]:
     return _sessions
 
 
+def publisher() -> Publisher:
+    """Publishes jobs from the worker (a killed job's requeue), over the same broker settings."""
+    global _publisher
+    if _publisher is None:
+        _publisher = Publisher(get_settings())
+    return _publisher
+
+
 def after_fork() -> None:
     """Drop connections inherited over a fork (they belong to the parent); keep the engine."""
     if _engine is not None:
@@ -33,13 +43,15 @@ def after_fork() -> None:
 
 def reset() -> None:
     """Forget the engine entirely (tests, or a change of settings)."""
-    global _engine, _sessions
+    global _engine, _sessions, _publisher
     after_fork()
-    _engine, _sessions = None, None
+    if _publisher is not None:
+        _publisher.close()
+    _engine, _sessions, _publisher = None, None, None
 
 
 def warm() -> None:
     """Connect and compile the claim statements once, so forked job processes start hot."""
     with sessions().begin() as session:
         session.execute(text("SELECT 1"))
-        job_repo.claim(session, job_id="warm-up", worker="", lease_s=1.0, max_attempts=1)
+        lifecycle.claim(session, job_id="warm-up", worker="", lease_s=1.0, max_attempts=1)

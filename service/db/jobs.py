@@ -1,4 +1,4 @@
-"""Job rows: create, read, list, cancel, and the worker's claim / heartbeat / finish."""
+"""Reading job rows. Every write of a job row is in `service/jobs.py`, the lifecycle."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.db.base import utcnow
 from service.db.tables import Job
 from service.errors import ServiceError
 
@@ -27,54 +26,11 @@ def get(session: Session, *, job_id: str) -> Job:
     return job
 
 
-def create(
-    session: Session,
-    *,
-    job_id: str,
-    kind: str,
-    name: str,
-    spec: dict[str, Any],
-    queue: str,
-    priority: int,
-    idempotency_scope: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    api_key_id: str | None = None,
-) -> Job:
-    """Insert a queued job row (the caller commits, then publishes)."""
-    job = Job(
-        id=job_id,
-        kind=kind,
-        name=name,
-        spec=spec,
-        queue=queue,
-        priority=priority,
-        status="queued",
-        progress={"fraction": 0.0},
-        attempts=0,
-        cancel_requested=False,
-        idempotency_scope=idempotency_scope,
-        idempotency_key=idempotency_key,
-        api_key_id=api_key_id,
-        request_hash=request_hash,
-        created_at=utcnow(),
-    )
-    session.add(job)
-    return job
-
-
 def find_idempotent(session: Session, *, scope: str, key: str) -> Job | None:
     """The job created with this Idempotency-Key in this scope, if any."""
     return session.scalars(
         select(Job).where(Job.idempotency_scope == scope, Job.idempotency_key == key)
     ).first()
-
-
-def release_idempotency_key(session: Session, *, job: Job) -> None:
-    """Free an expired key so that a new job may take it."""
-    job.idempotency_key = None
-    job.idempotency_scope = None
-    session.flush()
 
 
 def count_by_status(session: Session, *, api_key_id: str | None) -> dict[str, int]:
@@ -127,153 +83,38 @@ def list_page(
     return jobs[:limit], next_cursor
 
 
-def request_cancel(session: Session, *, job_id: str) -> Job:
-    """A queued job ends now; a running one is flagged and ends at its next report.
-
-    Cancelling a cancelled job answers the job again; any other ended job is a 409.
-    """
-    status = get(session, job_id=job_id).status
-    if status == "queued":
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
-        )
-    elif status == "running":
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(cancel_requested=True)
-        )
-    job = get(session, job_id=job_id)
-    session.refresh(job)
-    if job.status in TERMINAL and job.status != "cancelled":
-        raise ServiceError(
-            "invalid_state", f"job {job_id} already ended as {job.status}; it cannot be cancelled"
-        )
-    return job
-
-
-def mark_published(session: Session, *, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
-
-
-def unpublished(session: Session, *, older_than: dt.datetime, limit: int = 100) -> list[str]:
-    """Queued jobs whose publication failed (the broker was unreachable at submit time)."""
+def unpublished(session: Session, *, older_than: dt.datetime, limit: int = 100) -> list[Any]:
+    """Queued jobs whose publication failed (the broker was unreachable at submit time):
+    (id, queue, priority) rows, oldest first."""
     query = (
-        select(Job.id)
+        select(Job.id, Job.queue, Job.priority)
         .where(Job.status == "queued", Job.published_at.is_(None), Job.created_at < older_than)
         .order_by(Job.created_at)
         .limit(limit)
     )
-    return list(session.scalars(query))
+    return list(session.execute(query).all())
 
 
-# --- the worker's side -------------------------------------------------------------------
-
-
-def claim(
-    session: Session, *, job_id: str, worker: str, lease_s: float, max_attempts: int
-) -> int | None:
-    """Take the job if it is queued, or running with an expired lease; the attempt number.
-
-    A conditional update, so two deliveries of one job cannot both run it while its worker lives.
-    """
-    now = utcnow()
-    expired = now - dt.timedelta(seconds=lease_s)
-    claimable = or_(
-        Job.status == "queued",
-        and_(Job.status == "running", Job.heartbeat_at < expired),
-    )
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, claimable, Job.attempts < max_attempts)
-        .values(
-            status="running",
-            attempts=Job.attempts + 1,
-            worker=worker,
-            heartbeat_at=now,
-            started_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        _fail_if_exhausted(session, job_id=job_id, expired=expired, max_attempts=max_attempts)
-        return None
-    return int(session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0)
-
-
-def _fail_if_exhausted(
-    session: Session, *, job_id: str, expired: dt.datetime, max_attempts: int
-) -> None:
-    session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == "running",
-            Job.heartbeat_at < expired,
-            Job.attempts >= max_attempts,
-        )
-        .values(
-            status="failed",
-            error_code="worker_lost",
-            error_message=f"the job's worker stopped {max_attempts} times; giving up",
-            finished_at=utcnow(),
-        )
+def stale(session: Session, *, now: dt.datetime, lease: dt.timedelta) -> list[Any]:
+    """Running jobs whose worker stopped heartbeating a lease ago, not republished since:
+    (id, queue, priority) rows."""
+    return list(
+        session.execute(
+            select(Job.id, Job.queue, Job.priority).where(
+                Job.status == "running",
+                Job.heartbeat_at < now - lease,
+                (Job.published_at.is_(None)) | (Job.published_at < now - lease),
+            )
+        ).all()
     )
 
 
-def _owned(job_id: str, attempt: int) -> Any:
-    return and_(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
-
-
-def heartbeat(
-    session: Session, *, job_id: str, attempt: int, progress: dict[str, Any] | None = None
-) -> tuple[bool, bool]:
-    """Renew the lease (and progress); (still ours, cancellation requested)."""
-    values: dict[str, Any] = {"heartbeat_at": utcnow()}
-    if progress is not None:
-        values["progress"] = progress
-    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
-    cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-    return result.rowcount == 1, bool(cancel)  # type: ignore[attr-defined]
-
-
-def save_checkpoint(
-    session: Session, *, job_id: str, attempt: int, manifest: dict[str, Any] | None
-) -> bool:
-    """Record the manifest of the job's last stored checkpoint if this attempt still owns it."""
-    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(checkpoint=manifest))
-    return result.rowcount == 1  # type: ignore[attr-defined]
-
-
-def finish(
-    session: Session,
-    *,
-    job_id: str,
-    attempt: int,
-    status: str,
-    result: dict[str, Any] | None = None,
-    error_code: str | None = None,
-    error_message: str | None = None,
-    device: str | None = None,
-    progress: dict[str, Any] | None = None,
-    model_id: str | None = None,
-) -> bool:
-    """End the job if this attempt still owns it."""
-    values: dict[str, Any] = {
-        "status": status,
-        "finished_at": utcnow(),
-        "error_code": error_code,
-        "error_message": error_message,
-    }
-    for key, value in (
-        ("result", result),
-        ("device", device),
-        ("progress", progress),
-        ("model_id", model_id),
-    ):
-        if value is not None:
-            values[key] = value
-    outcome = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
-    return outcome.rowcount == 1  # type: ignore[attr-defined]
+def published_before(session: Session, *, when: dt.datetime) -> list[Any]:
+    """Queued jobs published before `when`: (id, queue, priority) rows."""
+    return list(
+        session.execute(
+            select(Job.id, Job.queue, Job.priority).where(
+                Job.status == "queued", Job.published_at.is_not(None), Job.published_at < when
+            )
+        ).all()
+    )

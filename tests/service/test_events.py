@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event as sa_event
 
 from service import events
+from service import jobs as lifecycle
 from service.config import Settings
-from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.db.session import make_engine, make_sessionmaker
 from tests.conftest import RecordingPublisher, free_port, submit
@@ -146,7 +146,7 @@ def run_fake_worker(
         if start is not None:
             start.wait(10)
         with sessions.begin() as session:
-            attempt = job_repo.claim(
+            attempt = lifecycle.claim(
                 session, job_id=job_id, worker="fake", lease_s=60, max_attempts=3
             )
         assert attempt is not None
@@ -158,7 +158,7 @@ def run_fake_worker(
                     job_id=job_id,
                     points=[("energy", step, float(step)), ("temperature", step, 1.0 / (1 + step))],
                 )
-                job_repo.heartbeat(
+                lifecycle.heartbeat(
                     session,
                     job_id=job_id,
                     attempt=attempt,
@@ -166,7 +166,7 @@ def run_fake_worker(
                 )
         with sessions.begin() as session:
             if fail:
-                job_repo.finish(
+                lifecycle.finish(
                     session,
                     job_id=job_id,
                     attempt=attempt,
@@ -175,7 +175,7 @@ def run_fake_worker(
                     error_message="it blew up",
                 )
             else:
-                job_repo.finish(
+                lifecycle.finish(
                     session, job_id=job_id, attempt=attempt, status="succeeded", result={"ok": 1}
                 )
 

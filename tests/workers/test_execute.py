@@ -14,8 +14,8 @@ from sqlalchemy import update
 from ml.core import registry
 from ml.core.reporting import JobFailed, Reporter, RunOutcome
 from ml.core.spec import JobSpec, StrictModel
+from service import jobs as lifecycle
 from service.config import Settings
-from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.db.base import new_id, utcnow
 from service.db.tables import Job
@@ -66,7 +66,7 @@ def probe() -> Iterator[None]:
 def make_job(params: dict[str, Any] | None = None, kind: str = "probe") -> str:
     job_id = new_id()
     with runtime.sessions().begin() as session:
-        job_repo.create(
+        lifecycle.create(
             session,
             job_id=job_id,
             kind=kind,
@@ -103,7 +103,7 @@ def test_success_records_result_metrics_and_progress(settings: Settings, probe: 
 def test_a_second_delivery_of_a_live_job_does_nothing(settings: Settings, probe: None) -> None:
     job_id = make_job({"steps": 3})
     with runtime.sessions().begin() as session:
-        assert job_repo.claim(session, job_id=job_id, worker="alive", lease_s=60, max_attempts=3)
+        assert lifecycle.claim(session, job_id=job_id, worker="alive", lease_s=60, max_attempts=3)
     assert execute(job_id, worker="duplicate") is None
     job = read(job_id)
     assert job.status == "running" and job.worker == "alive" and job.attempts == 1
@@ -112,7 +112,7 @@ def test_a_second_delivery_of_a_live_job_does_nothing(settings: Settings, probe:
 def test_an_expired_lease_is_taken_over(settings: Settings, probe: None) -> None:
     job_id = make_job({"steps": 3})
     with runtime.sessions().begin() as session:
-        job_repo.claim(session, job_id=job_id, worker="dead", lease_s=60, max_attempts=3)
+        lifecycle.claim(session, job_id=job_id, worker="dead", lease_s=60, max_attempts=3)
         old = utcnow() - dt.timedelta(seconds=settings.job_lease + 1)
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=old))
     assert execute(job_id, worker="rescuer") == "succeeded"
@@ -123,13 +123,13 @@ def test_an_expired_lease_is_taken_over(settings: Settings, probe: None) -> None
 def test_the_old_owner_cannot_finish_a_taken_over_job(settings: Settings, probe: None) -> None:
     job_id = make_job()
     with runtime.sessions().begin() as session:
-        first = job_repo.claim(session, job_id=job_id, worker="a", lease_s=60, max_attempts=3)
+        first = lifecycle.claim(session, job_id=job_id, worker="a", lease_s=60, max_attempts=3)
         session.execute(update(Job).values(heartbeat_at=utcnow() - dt.timedelta(hours=1)))
-        second = job_repo.claim(session, job_id=job_id, worker="b", lease_s=60, max_attempts=3)
+        second = lifecycle.claim(session, job_id=job_id, worker="b", lease_s=60, max_attempts=3)
     assert (first, second) == (1, 2)
     with runtime.sessions().begin() as session:
-        assert not job_repo.finish(session, job_id=job_id, attempt=1, status="failed")
-        assert job_repo.finish(session, job_id=job_id, attempt=2, status="succeeded")
+        assert not lifecycle.finish(session, job_id=job_id, attempt=1, status="failed")
+        assert lifecycle.finish(session, job_id=job_id, attempt=2, status="succeeded")
 
 
 def test_max_attempts_fails_with_worker_lost(settings: Settings, probe: None) -> None:
@@ -154,7 +154,7 @@ def test_cancel_while_running_stops_at_the_next_report(settings: Settings, probe
     assert started.wait(10)
     time.sleep(0.6)
     with runtime.sessions().begin() as session:
-        assert job_repo.request_cancel(session, job_id=job_id).status == "running"
+        assert lifecycle.cancel(session, job_id=job_id).status == "running"
     thread.join(20)
     assert outcome["s"] == "cancelled"
     job = read(job_id)
