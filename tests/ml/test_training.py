@@ -15,7 +15,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 from ml.core.reporting import JobFailed, MemoryReporter
-from ml.core.training import Trainer, configure_determinism
+from ml.core.training import Callback, StopTraining, Trainer, configure_determinism
 from ml.core.training_config import TrainingConfig
 
 D = 4
@@ -419,3 +419,100 @@ def test_adam_takes_its_betas_and_other_optimizers_refuse_them() -> None:
         assert TrainingConfig.model_validate(stored).optimizer.name == name
     default = build_optimizer(TrainingConfig())
     assert (float(default.beta_1), float(default.beta_2)) == (0.9, 0.999)
+
+
+# Callbacks -----------------------------------------------------------------------------------
+
+
+class Recorder(Callback):
+    """Notes every hook's arguments; raises StopTraining at `stop_at` from `hook`."""
+
+    def __init__(self, stop_at: int | None = None, hook: str = "on_step") -> None:
+        self.steps: list[int] = []
+        self.measured: list[tuple[int, dict[str, float]]] = []
+        self.epochs: list[tuple[int, int, dict[str, float]]] = []
+        self.stop_at, self.hook = stop_at, hook
+        self.trainers: set[int] = set()
+
+    def _maybe_stop(self, hook: str, at: int) -> None:
+        if hook == self.hook and at == self.stop_at:
+            raise StopTraining
+
+    def on_step(self, trainer: Trainer, step: int) -> None:
+        self.trainers.add(id(trainer))
+        self.steps.append(step)
+        self._maybe_stop("on_step", step)
+
+    def on_measure(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.measured.append((step, metrics))
+        self._maybe_stop("on_measure", step)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int, logs: dict[str, float]) -> None:
+        self.epochs.append((epoch, step, logs))
+        self._maybe_stop("on_epoch_end", epoch)
+
+
+def test_callbacks_see_every_step_every_measuring_step_and_every_epoch_end() -> None:
+    config = make_config()
+    seen, plain = Recorder(), Callback()  # the base class's hooks do nothing
+    trainer, reporter, result, _ = run(config, callbacks=[plain, seen])
+    assert seen.trainers == {id(trainer)}
+    assert seen.steps == list(range(1, result.steps + 1))  # once per step, in order
+    every = config.telemetry.every_steps
+    assert [step for step, _ in seen.measured] == list(range(every, result.steps + 1, every))
+    for step, metrics in seen.measured:  # the points recorded at that step
+        assert metrics["internal_energy"] == reporter.points["internal_energy"][step]
+        assert set(TELEMETRY) <= set(metrics)
+    assert [(e, s) for e, s, _ in seen.epochs] == [(e, e * STEPS_PER_EPOCH) for e in (1, 2, 3)]
+    assert [logs["loss"] for *_, logs in seen.epochs] == result.history["loss"]
+    assert [logs["val_loss"] for *_, logs in seen.epochs] == result.history["val_loss"]
+    assert not result.stopped_early
+
+
+def test_a_metric_prefix_is_not_in_the_metrics_a_callback_gets() -> None:
+    seen = Recorder()
+    reporter = MemoryReporter()
+    trainer = Trainer(LinearObjective(), make_config(epochs=1), reporter, metric_prefix="p_")
+    trainer.fit(make_data()[0], callbacks=[seen])
+    step, metrics = seen.measured[0]
+    assert "internal_energy" in metrics and "p_internal_energy" in reporter.points
+    assert metrics["lr"] == reporter.points["p_lr"][step]
+    assert [set(logs) for *_, logs in seen.epochs] == [{"loss"}]  # no validation rows
+
+
+def test_stop_training_from_a_step_ends_fit_after_that_step() -> None:
+    stop_at = STEPS_PER_EPOCH + 3
+    stopper, other = Recorder(stop_at=stop_at), Recorder()
+    _, reporter, result, _ = run(make_config(), callbacks=[stopper, other])
+    assert result.stopped_early
+    assert result.steps == stop_at and result.epochs_run == 2
+    assert other.steps == list(range(1, stop_at + 1))  # the other callbacks saw the step too
+    # The interrupted epoch still ends: its loss point, at the step the run stopped.
+    assert steps_of(reporter, "loss") == [STEPS_PER_EPOCH, stop_at]
+    assert len(result.history["loss"]) == 2
+    assert [(e, s) for e, s, _ in other.epochs] == [(1, STEPS_PER_EPOCH), (2, stop_at)]
+
+
+def test_stop_training_from_a_measuring_step_or_an_epoch_end() -> None:
+    every = make_config().telemetry.every_steps
+    _, _, measured, _ = run(make_config(), callbacks=[Recorder(2 * every, "on_measure")])
+    assert measured.stopped_early and measured.steps == 2 * every
+    _, _, ended, _ = run(make_config(), callbacks=[Recorder(1, "on_epoch_end")])
+    assert ended.stopped_early and ended.epochs_run == 1 and ended.steps == STEPS_PER_EPOCH
+
+
+def test_stopping_resumes_no_further_than_the_checkpoint_it_wrote(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    first = LinearObjective()
+    _, reporter, result, _ = run(
+        make_config(),
+        first,
+        checkpoint_dir=folder,
+        save_weights=first.save,
+        callbacks=[Recorder(stop_at=3)],
+    )
+    assert result.stopped_early and reporter.checkpoints == 1
+    fresh = LinearObjective()
+    trainer = Trainer(fresh, make_config(), MemoryReporter())
+    assert trainer.restore_checkpoint(folder, fresh.load)
+    assert trainer.start_epoch == 1 and int(trainer.step_var.numpy()) == 3
