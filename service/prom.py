@@ -37,7 +37,7 @@ from service.config import Settings
 from service.db.jobs import STATUSES
 from service.db.tables import Job
 from service.errors import ServiceError
-from service.queue import QUEUES
+from service.queue import QUEUES, REDIS_PRIORITY_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,6 @@ def _age(now: dt.datetime, value: dt.datetime | None) -> float:
     return max(0.0, (now - value).total_seconds())
 
 
-REDIS_PRIORITY_STEPS = (0, 3, 6, 9)  # kombu's Redis transport: one list per priority step
 REDIS_PRIORITY_SEP = "\x06\x16"
 
 

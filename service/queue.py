@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "thermoml.run_job"
 QUEUES = ("cpu", "gpu")
+# kombu's Redis transport keeps one list per priority step and, by default, only four steps
+# (0, 3, 6, 9): priorities 7, 8 and 9 shared a list and were served first come, first served.
+# One step per priority makes every level count. Lists of the default steps keep their names.
+REDIS_PRIORITY_STEPS = tuple(range(10))
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -34,6 +38,7 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     # A message not acknowledged within the visibility timeout is delivered again; it must
     # outlast the longest job, or Redis would hand a running job to a second worker.
     return {
+        "priority_steps": list(REDIS_PRIORITY_STEPS),
         "visibility_timeout": int(settings.job_time_limit + 4 * settings.job_lease + 60),
         "socket_connect_timeout": settings.publish_timeout,
         "socket_timeout": max(settings.publish_timeout, 5.0),

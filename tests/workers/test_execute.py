@@ -63,7 +63,7 @@ def probe() -> Iterator[None]:
     registry._KINDS.pop("probe", None)
 
 
-def make_job(params: dict[str, Any] | None = None, kind: str = "probe") -> str:
+def make_job(params: dict[str, Any] | None = None, kind: str = "probe", priority: int = 5) -> str:
     job_id = new_id()
     with runtime.sessions().begin() as session:
         lifecycle.create(
@@ -73,7 +73,7 @@ def make_job(params: dict[str, Any] | None = None, kind: str = "probe") -> str:
             name="t",
             spec={"kind": kind, "params": params or {}},
             queue="cpu",
-            priority=5,
+            priority=priority,
         )
     return job_id
 
