@@ -2,65 +2,33 @@
 
 Built-ins come from scikit-learn's bundled files or are generated with a fixed seed, so the same
 name always gives the same arrays and nothing is downloaded. Uploaded files are read by
-`ml.core.loaders`; both give a :class:`Dataset`.
+`ml.core.loaders` (`load_file` and `detect_format` here are theirs); both give a
+:class:`Dataset`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-LabelType = Literal["class", "continuous"]
+from ml.core.dataset_types import DataError as DataError
+from ml.core.dataset_types import Dataset as Dataset
+from ml.core.dataset_types import LabelType as LabelType
+from ml.core.loaders import detect_format as detect_format
+from ml.core.loaders import load_file as load_file
+
 BUILTIN_PREFIX = "builtin:"
 SEED = 0
-
-
-class DataError(ValueError):
-    """Data that cannot be used as given; the message says what to fix."""
 
 
 class UnknownDataset(LookupError):
     def __init__(self, name: str) -> None:
         known = ", ".join(b.ref for b in list_builtins())
         super().__init__(f"unknown built-in data set {name!r}; built-ins: {known}")
-
-
-@dataclass
-class Dataset:
-    """Rows `x` (float32 or float64, shape (rows, *feature_shape)) and optional labels `y`."""
-
-    x: np.ndarray
-    y: np.ndarray | None = None
-    name: str = ""
-    description: str = ""
-    labels: str | None = None  # what y means, for people
-    label_type: LabelType | None = None
-    feature_names: list[str] | None = field(default=None, repr=False)
-    anomaly_label: int | None = None  # the label value of the anomaly class, if one is
-
-    @property
-    def rows(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.x.shape[1:])
-
-    @property
-    def features(self) -> int:
-        return int(np.prod(self.feature_shape, dtype=np.int64))
-
-    @property
-    def shape(self) -> list[int]:
-        return [int(d) for d in self.x.shape]
-
-    @property
-    def dtype(self) -> str:
-        return str(self.x.dtype)
 
 
 @dataclass(frozen=True)
@@ -227,20 +195,6 @@ def list_builtins() -> list[BuiltinInfo]:
             )
         )
     return infos
-
-
-def load_file(path: Any, fmt: str, *, label_column: str | None = None, name: str = "") -> Dataset:
-    """Read an uploaded CSV, NPY, NPZ or Parquet file (`ml.core.loaders`); DataError if unusable."""
-    from ml.core import loaders
-
-    return loaders.load_file(path, fmt, label_column=label_column, name=name)
-
-
-def detect_format(filename: str | None, head: bytes) -> str:
-    """`csv`, `npy`, `npz` or `parquet`, from the name's extension or the first bytes."""
-    from ml.core import loaders
-
-    return loaders.detect_format(filename, head)
 
 
 def _finite_floats(values: np.ndarray) -> list[float | None]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.core.datasets import DataError, Dataset, LabelType
+from ml.core.dataset_types import DataError, Dataset, LabelType
 
 FORMATS = ("csv", "npy", "npz", "parquet")
 EXTENSIONS = {".csv": "csv", ".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet"}
