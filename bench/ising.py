@@ -6,7 +6,7 @@
   `np.random.random()`), the reference the 2x target is measured against;
 - `numpy_checkerboard`: the vectorised NumPy checkerboard with a lookup table;
 - `python_per_spin`: a plain Python loop (small L only);
-- `tensorflow`: the kind's `backend: tensorflow` (`ml.simulation_tf.IsingLattice`: the two
+- `tensorflow`: the kind's `backend: tensorflow` (`ml.simulation.tf_backend.IsingLattice`: the two
   colours as L × L/2 arrays, tf.roll neighbour sums, stateless draws, one `tf.while_loop` per
   call), on the GPU when there is one.
 
@@ -32,8 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table, write_report
-from ml.kinds.ising import CRITICAL_TEMPERATURE, lattice_sums, row_states, run_sweeps, thresholds
-from ml.simulation_tf import IsingLattice, device_name
+from ml.simulation.ising import CRITICAL_TEMPERATURE
+from ml.simulation.ising_kernels import lattice_sums, row_states, run_sweeps, thresholds
+from ml.simulation.tf_backend import IsingLattice, device_name
 
 TEMPERATURE = CRITICAL_TEMPERATURE
 

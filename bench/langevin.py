@@ -1,11 +1,12 @@
 """Walker-steps per second of the Langevin kernel against a plain NumPy Euler–Maruyama loop.
 
-- `thermoml`: the kind's kernel (`ml.kinds.langevin.advance`: walkers in 64 blocks run in
-  parallel, each with its own xoshiro256+ stream and a ziggurat for the normals), measuring
-  Σx, Σx², Σx⁴ on the way as in the measured half of a job;
+- `thermoml`: the kind's kernel (`ml.simulation.langevin_kernels.advance`: walkers in 64 blocks
+  run in parallel, each with its own xoshiro256+ stream and a ziggurat for the normals),
+  measuring Σx, Σx², Σx⁴ on the way as in the measured half of a job;
 - `numpy_loop`: x += drift·h/γ + √(2Th/γ)·rng.standard_normal(n), one vectorised step at a time;
-- `tensorflow`: the kind's `backend: tensorflow` (`ml.simulation_tf.LangevinWalkers`: stateless
-  normals, per-walker Σx, Σx², Σx⁴, one `tf.while_loop` per call), on the GPU when there is one.
+- `tensorflow`: the kind's `backend: tensorflow` (`ml.simulation.tf_backend.LangevinWalkers`:
+  stateless normals, per-walker Σx, Σx², Σx⁴, one `tf.while_loop` per call), on the GPU when
+  there is one.
 
 Each figure is the median over repeats of (walkers × steps) / seconds; compile time excluded.
 
@@ -27,8 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table, write_report
-from ml.kinds.langevin import RNG_BLOCKS, LangevinParams, advance, coefficients, seed_states
-from ml.simulation_tf import LangevinWalkers, device_name
+from ml.simulation.langevin_kernels import RNG_BLOCKS, advance, seed_states
+from ml.simulation.langevin_model import LangevinParams, coefficients
+from ml.simulation.tf_backend import LangevinWalkers, device_name
 
 CASES = {
     "harmonic/exact": {"potential": "harmonic", "integrator": "exact"},

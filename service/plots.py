@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ml.core.registry import PlotLayout, UnknownKind, default_plot, get_kind
+
 Series = Mapping[str, Mapping[str, Sequence[Any]]]  # name -> {"steps": [...], "values": [...]}
 
 MAX_POINTS_PER_LINE = 4000
@@ -55,55 +57,17 @@ GROUPS = (
 GROUP_OF = {name: group for group in GROUPS for name in group.members}
 
 
-def _temperature_unit(spec: Mapping[str, Any]) -> str:
-    unit = (spec.get("params") or {}).get("temperature_unit", "celsius")
-    return "K" if unit == "kelvin" else "°C"
+def layout_of(kind: str, category: str) -> PlotLayout:
+    """The plot layout `kind` declares; its category's default when the kind is unknown."""
+    try:
+        return get_kind(kind).plot
+    except UnknownKind:
+        return default_plot(category)
 
 
 def unit_of(key: str, *, kind: str, category: str, spec: Mapping[str, Any]) -> str | None:
     """The unit of a panel (a group key or a metric name) for a job of this kind."""
-    if kind == "cooling":
-        return {
-            "temperature": _temperature_unit(spec),
-            "entropy": "heat capacity units",
-            "entropy_production": "heat capacity / time",
-            "heat": f"heat capacity × {_temperature_unit(spec)}",
-        }.get(key)
-    if kind == "ising":
-        return {
-            "energy_per_spin": "J",
-            "temperature": "J / k_B",
-            "abs_magnetization": "per spin",
-            "acceptance_rate": "fraction of spins",
-            "specific_heat": "k_B per spin",
-            "susceptibility": "per spin",
-        }.get(key)
-    if category == "simulation":  # langevin, jarzynski: k_B = 1, energies in units of kT scale
-        return {
-            "energy": "energy units (k_B = 1)",
-            "work": "energy units (k_B = 1)",
-            "heat": "energy per walker",
-            "entropy_production": "nats / time",
-            "position_variance": "length²",
-            "temperature": "energy units (k_B = 1)",
-        }.get(key)
-    # Trained kinds: everything in the units of the loss being optimised (THERMODYNAMICS.md).
-    return {
-        "energy": "loss units",
-        "loss": "loss units",
-        "temperature": "loss units",
-        "entropy": "nats",
-        "entropy_production": "nats / step",
-        "heat": "loss units",
-        "lr": "learning rate",
-        "bits_per_dim": "bits / dim",
-    }.get(key)
-
-
-def x_label(kind: str, category: str) -> str:
-    if kind == "ising":
-        return "sweep"
-    return "integration step" if category == "simulation" else "training step"
+    return layout_of(kind, category).unit(key, spec)
 
 
 @dataclass
@@ -179,6 +143,7 @@ def render(
     from matplotlib.figure import Figure
 
     spec = spec or {}
+    layout = layout_of(kind, category)
     wanted = list(names) if names else default_names(sorted(series))
     panels = panels_for([n for n in wanted if n in series])
     times: dict[int, float] = {}
@@ -209,16 +174,16 @@ def render(
             xs, ys = _thin(xs, ys)
             few = len(xs) <= 30  # markers when there are few points (e.g. one per temperature)
             axes.plot(xs, ys, label=name, linewidth=1.3, marker="o" if few else None, markersize=3)
-        unit = unit_of(panel.key, kind=kind, category=category, spec=spec)
+        unit = layout.unit(panel.key, spec)
         if unit is None and len(panel.names) == 1:
-            unit = unit_of(panel.names[0], kind=kind, category=category, spec=spec)
+            unit = layout.unit(panel.names[0], spec)
         ylabel = panel.title if len(panel.names) > 1 else panel.names[0]
         axes.set_ylabel(f"{ylabel} [{unit}]" if unit else ylabel, fontsize=9)
         if use_time:
-            time_unit = unit_of("time", kind=kind, category=category, spec=spec)
+            time_unit = layout.unit("time", spec)
             axes.set_xlabel(f"time [{time_unit}]" if time_unit else "time", fontsize=9)
         else:
-            axes.set_xlabel(x_label(kind, category), fontsize=9)
+            axes.set_xlabel(layout.x_label, fontsize=9)
         axes.set_title(panel.title, fontsize=10)
         axes.grid(True, alpha=0.3)
         axes.tick_params(labelsize=8)

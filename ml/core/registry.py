@@ -7,7 +7,7 @@ branches on a kind's name.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,59 @@ class RunFn(Protocol):
 
 
 @dataclass(frozen=True)
+class PlotLayout:
+    """How a job's metric plot is labelled: the x axis when it is not time, and the units of its
+    panels by group key or metric name. `spec_units` gives the units that depend on the job's
+    spec (as submitted, e.g. a temperature unit among its params); they take precedence."""
+
+    x_label: str
+    units: Mapping[str, str] = field(default_factory=dict)
+    spec_units: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
+
+    def unit(self, key: str, spec: Mapping[str, Any]) -> str | None:
+        """The unit of panel or metric `key` for a job with this spec, if it has one."""
+        if self.spec_units is not None and key in (from_spec := self.spec_units(spec)):
+            return from_spec[key]
+        return self.units.get(key)
+
+
+# The layouts of kinds that declare none, by category.
+DEFAULT_PLOTS = {
+    # k_B = 1: energies, work and temperatures in the same units
+    "simulation": PlotLayout(
+        "integration step",
+        {
+            "energy": "energy units (k_B = 1)",
+            "work": "energy units (k_B = 1)",
+            "heat": "energy per walker",
+            "entropy_production": "nats / time",
+            "position_variance": "length²",
+            "temperature": "energy units (k_B = 1)",
+        },
+    ),
+    # Trained kinds: everything in the units of the loss being optimised (THERMODYNAMICS.md).
+    "model": PlotLayout(
+        "training step",
+        {
+            "energy": "loss units",
+            "loss": "loss units",
+            "temperature": "loss units",
+            "entropy": "nats",
+            "entropy_production": "nats / step",
+            "heat": "loss units",
+            "lr": "learning rate",
+            "bits_per_dim": "bits / dim",
+        },
+    ),
+}
+
+
+def default_plot(category: str) -> PlotLayout:
+    """The plot layout of a kind of this category that declares none."""
+    return DEFAULT_PLOTS.get(category, DEFAULT_PLOTS["model"])
+
+
+@dataclass(frozen=True)
 class Kind:
     """A registered job kind.
 
@@ -48,6 +101,7 @@ class Kind:
     serves: frozenset[str] = field(default_factory=frozenset)
     pictures: frozenset[str] = field(default_factory=frozenset)
     load: LoadFn | None = None
+    plot: PlotLayout = DEFAULT_PLOTS["model"]
 
 
 _KINDS: dict[str, Kind] = {}
@@ -64,12 +118,14 @@ def register_kind(
     pictures: frozenset[str] = frozenset(),
     load: LoadFn | None = None,
     servable: str | None = None,
+    plot: PlotLayout | None = None,
 ) -> Callable[[RunFn], RunFn]:
     """Decorate a kind's `run` function to register the kind under `name`.
 
     Kinds that train a model pass `serves` (operation names) and either `servable`, the
     `"module:Class"` of its :class:`ml.core.serving.Servable` (built from the files and the models
-    row's metadata, imported on first load), or a `load` function doing the same.
+    row's metadata, imported on first load), or a `load` function doing the same. `plot` says
+    how its metric plot is labelled (default: its category's layout).
     """
     if servable is not None:
         load = _lazy_loader(servable)
@@ -77,7 +133,8 @@ def register_kind(
     def decorate(run: RunFn) -> RunFn:
         if name in _KINDS and _KINDS[name].run is not run:
             raise ValueError(f"kind {name!r} is registered twice")
-        _KINDS[name] = Kind(name, spec, run, summary, category, serves, pictures, load)
+        layout = plot or default_plot(category)
+        _KINDS[name] = Kind(name, spec, run, summary, category, serves, pictures, load, layout)
         return run
 
     return decorate

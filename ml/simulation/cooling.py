@@ -8,18 +8,19 @@ C k (T - T_env)^2 / (T T_env).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from ml.core.registry import register_kind
+from ml.core.registry import PlotLayout, register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, StrictModel
+from ml.simulation.shared import record_every_field, recording_stride
 
 KELVIN_OFFSET = 273.15
 MAX_STEPS = 10_000_000
-MAX_RECORDED_POINTS = 1000
 # |1 - z + z^2/2 - z^3/6 + z^4/24| < 1 holds for 0 < z < 2.785293563...
 RK4_STABILITY_LIMIT = 2.785293563405282
 
@@ -33,9 +34,7 @@ class CoolingParams(StrictModel):
     dt: float = Field(0.1, gt=0, description="Time step h; steps = round(duration / dt).")
     method: Literal["exact", "euler", "rk4"] = "exact"
     heat_capacity: float = Field(1.0, gt=0, description="C, in heat per degree.")
-    record_every: int | None = Field(
-        None, ge=1, description="Record every n-th step (default: at most 1000 points)."
-    )
+    record_every: int | None = record_every_field()
 
     @model_validator(mode="after")
     def _check(self) -> CoolingParams:
@@ -124,11 +123,26 @@ def entropy_production_rate(p: CoolingParams, temperature: np.ndarray) -> np.nda
     return p.heat_capacity * p.cooling_constant * (t_abs - te) ** 2 / (t_abs * te)
 
 
+def _temperature_units(spec: Mapping[str, Any]) -> dict[str, str]:
+    """The plot's units that follow the job's `temperature_unit`."""
+    unit = (spec.get("params") or {}).get("temperature_unit", "celsius")
+    symbol = "K" if unit == "kelvin" else "°C"
+    return {"temperature": symbol, "heat": f"heat capacity × {symbol}"}
+
+
+PLOT = PlotLayout(
+    "integration step",
+    {"entropy": "heat capacity units", "entropy_production": "heat capacity / time"},
+    spec_units=_temperature_units,
+)
+
+
 @register_kind(
     name="cooling",
     spec=CoolingSpec,
     summary="Newton cooling of a body in a bath, with its entropy production.",
     category="simulation",
+    plot=PLOT,
 )
 def run(spec: CoolingSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
@@ -136,7 +150,7 @@ def run(spec: CoolingSpec, reporter: Reporter, context: RunContext | None = None
     entropy = entropy_total(p, temperature)
     production = entropy_production_rate(p, temperature)
     heat = p.heat_capacity * (p.initial_temperature - temperature)
-    every = p.record_every or max(1, math.ceil(p.steps / MAX_RECORDED_POINTS))
+    every = recording_stride(p.steps, p.record_every)
     recorded = list(range(0, p.steps + 1, every))
     if recorded[-1] != p.steps:
         recorded.append(p.steps)

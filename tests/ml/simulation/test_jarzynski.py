@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from ml.core.registry import get_kind, list_kinds
 from ml.core.reporting import MemoryReporter
-from ml.kinds.jarzynski import MAX_PATHS, JarzynskiParams, JarzynskiSpec
+from ml.simulation.jarzynski import JarzynskiSpec
+from ml.simulation.jarzynski_model import MAX_PATHS, JarzynskiParams
 
 Z = 5.0  # standard errors
 

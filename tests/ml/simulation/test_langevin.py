@@ -17,7 +17,8 @@ from scipy import integrate
 
 from ml.core.registry import get_kind, list_kinds
 from ml.core.reporting import MemoryReporter
-from ml.kinds.langevin import MAX_WALKERS, LangevinParams, LangevinSpec
+from ml.simulation.langevin import LangevinSpec
+from ml.simulation.langevin_model import MAX_WALKERS, LangevinParams
 
 Z = 5.0  # standard errors
 

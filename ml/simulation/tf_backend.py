@@ -210,7 +210,7 @@ class IsingLattice:
         return out
 
     def sweeps(self, table: np.ndarray, n: int) -> np.ndarray:
-        """n sweeps with thresholds from `ising.thresholds` (accept iff a 53-bit draw < t)."""
+        """n sweeps with `ising_kernels.thresholds` (accept iff a 53-bit draw < t)."""
         accept = tf.constant(table.astype(np.float64) * 2.0**-53)
         self.a, self.b, out = _ising_sweeps(
             self.a, self.b, accept, self.key, tf.constant(self.sweep, I64), tf.constant(n)
@@ -229,53 +229,59 @@ _PATH = tf.TensorSpec([None], F64)
 _COUNTER = tf.TensorSpec([], I64)
 
 
-@tf.function(input_signature=[_PATH] * 6 + [_COUNTER] * 3)
-def _harmonic_steps(
+def _work_steps(step: Callable[..., tuple[Tensor, Tensor]], constants: tuple[Any, ...]) -> Any:
+    """n steps j = start, …, start + n − 1 of a protocol in one compiled loop, each
+    `(state, work) = step(j, state, work, key, *values)` with `values` of specs `constants`."""
+
+    @tf.function(input_signature=[_PATH, _PATH, _COUNTER, _COUNTER, _COUNTER, constants])
+    def steps(
+        state: Tensor, work: Tensor, key: Tensor, start: Tensor, n: Tensor, values: Any
+    ) -> tuple[Tensor, Tensor]:
+        def body(i: Tensor, state: Tensor, work: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return i + 1, *step(start + i, state, work, key, *values)
+
+        zero = tf.constant(0, I64)
+        _, state, work = tf.while_loop(lambda i, *_: i < n, body, (zero, state, work))
+        return state, work
+
+    return steps
+
+
+def _harmonic_step(
+    j: Tensor,
     x: Tensor,
     work: Tensor,
+    key: Tensor,
     centers: Tensor,
     stiffnesses: Tensor,
     decay: Tensor,
     kick: Tensor,
-    key: Tensor,
-    start: Tensor,
-    n: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """x' = c1 + a (x − c1) + kick·ξ after W += [k1 (x − c1)² − k0 (x − c0)²]/2."""
-
-    def body(i: Tensor, x: Tensor, work: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        j = start + i
-        c0, c1, k0, k1 = centers[j], centers[j + 1], stiffnesses[j], stiffnesses[j + 1]
-        work += 0.5 * (k1 * (x - c1) ** 2 - k0 * (x - c0) ** 2)
-        noise = tf.random.stateless_normal(tf.shape(x), _seed(key, j + 1), dtype=F64)
-        return i + 1, c1 + decay[j] * (x - c1) + kick[j] * noise, work
-
-    _, x, work = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0, I64), x, work))
-    return x, work
+    c0, c1, k0, k1 = centers[j], centers[j + 1], stiffnesses[j], stiffnesses[j + 1]
+    work += 0.5 * (k1 * (x - c1) ** 2 - k0 * (x - c0) ** 2)
+    noise = tf.random.stateless_normal(tf.shape(x), _seed(key, j + 1), dtype=F64)
+    return c1 + decay[j] * (x - c1) + kick[j] * noise, work
 
 
-@tf.function(input_signature=[_PATH] * 4 + [tf.TensorSpec([], F64)] + [_COUNTER] * 3)
-def _two_level_steps(
+def _two_level_step(
+    j: Tensor,
     upper: Tensor,
     work: Tensor,
+    key: Tensor,
     levels: Tensor,
     targets: Tensor,
     decay: Tensor,
-    key: Tensor,
-    start: Tensor,
-    n: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """W += u·(ε_{n+1} − ε_n), then the upper level is occupied with p' = P + (u − P)·decay."""
+    work += upper * (levels[j + 1] - levels[j])
+    target = targets[j + 1]
+    draw = tf.random.stateless_uniform(tf.shape(upper), _seed(key, j + 1), dtype=F64)
+    return tf.cast(draw < target + (upper - target) * decay, F64), work
 
-    def body(i: Tensor, upper: Tensor, work: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        j = start + i
-        work += upper * (levels[j + 1] - levels[j])
-        target = targets[j + 1]
-        draw = tf.random.stateless_uniform(tf.shape(upper), _seed(key, j + 1), dtype=F64)
-        return i + 1, tf.cast(draw < target + (upper - target) * decay, F64), work
 
-    _, upper, work = tf.while_loop(lambda i, *_: i < n, body, (tf.constant(0, I64), upper, work))
-    return upper, work
+_harmonic_steps = _work_steps(_harmonic_step, (_PATH,) * 4)
+_two_level_steps = _work_steps(_two_level_step, (_PATH, _PATH, tf.TensorSpec([], F64)))
 
 
 def _in_chunks(
@@ -316,10 +322,10 @@ def harmonic_work(
     key_ = tf.constant(key, I64)
     noise = tf.random.stateless_normal([paths], _seed(key_, tf.constant(0, I64)), dtype=F64)
     x = float(centers[0]) + float(np.sqrt(temperature / stiffnesses[0])) * noise
-    constants = [tf.constant(a, F64) for a in (centers, stiffnesses, decay, kick)]
+    constants = tuple(tf.constant(a, F64) for a in (centers, stiffnesses, decay, kick))
 
     def advance(x: tf.Tensor, work: tf.Tensor, start: tf.Tensor, n: tf.Tensor) -> Any:
-        return _harmonic_steps(x, work, *constants, key_, start, n)
+        return _harmonic_steps(x, work, key_, start, n, constants)
 
     return _in_chunks(len(decay), every, record, (x, tf.zeros([paths], F64)), advance)
 
@@ -343,6 +349,6 @@ def two_level_work(
     decay_ = tf.constant(decay, F64)
 
     def advance(upper: tf.Tensor, work: tf.Tensor, start: tf.Tensor, n: tf.Tensor) -> Any:
-        return _two_level_steps(upper, work, levels_, targets, decay_, key_, start, n)
+        return _two_level_steps(upper, work, key_, start, n, (levels_, targets, decay_))
 
     return _in_chunks(len(levels) - 1, every, record, (upper, tf.zeros([paths], F64)), advance)

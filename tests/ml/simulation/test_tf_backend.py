@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from ml.core.registry import get_kind, list_kinds
 from ml.core.reporting import MemoryReporter
-from ml.kinds.ising import lattice_sums, onsager_energy_per_spin, thresholds, yang_magnetization
+from ml.simulation.ising import onsager_energy_per_spin, yang_magnetization
+from ml.simulation.ising_kernels import lattice_sums, thresholds
 from tests.conftest import submit
 
 Z = 5.0  # standard errors
@@ -58,7 +59,7 @@ def test_the_simulation_kinds_have_a_backend() -> None:
 
 def test_importing_the_kinds_does_not_import_tensorflow() -> None:
     probe = (
-        "import ml.kinds.langevin, ml.kinds.ising, ml.kinds.jarzynski as j, sys; "
+        "import ml.simulation.langevin, ml.simulation.ising, ml.simulation.jarzynski as j, sys; "
         "j.JarzynskiParams(backend='tensorflow'); "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
@@ -165,7 +166,7 @@ def test_ising_onsager_and_yang_away_from_the_critical_point() -> None:
 
 
 def test_ising_bookkeeping_and_neighbour_sums_are_exact() -> None:
-    from ml.simulation_tf import IsingLattice, _neighbour_sum
+    from ml.simulation.tf_backend import IsingLattice, _neighbour_sum
 
     size = 6  # three columns per colour: the odd rows' shifts wrap differently
     spins = np.random.default_rng(0).choice(np.array([-1, 1], np.int8), size=(size, size))

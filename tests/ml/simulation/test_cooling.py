@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from ml.core.registry import get_kind
 from ml.core.reporting import MemoryReporter
-from ml.kinds.cooling import CoolingParams, CoolingSpec, entropy_total, integrate
+from ml.simulation.cooling import CoolingParams, CoolingSpec, entropy_total, integrate
 
 SEED = {"initial_temperature": 100, "ambient_temperature": 25, "cooling_constant": 0.1}
 

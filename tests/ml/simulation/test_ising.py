@@ -16,17 +16,19 @@ from pydantic import ValidationError
 
 from ml.core.registry import get_kind, list_kinds
 from ml.core.reporting import MemoryReporter
-from ml.kinds.ising import (
+from ml.simulation.ising import (
     MAX_SIZE,
     IsingParams,
     IsingSpec,
-    lattice_sums,
     onsager_energy_per_spin,
+    yang_magnetization,
+)
+from ml.simulation.ising_kernels import (
+    lattice_sums,
     row_states,
     sweeps_parallel,
     sweeps_serial,
     thresholds,
-    yang_magnetization,
 )
 
 Z = 5.0  # standard errors
