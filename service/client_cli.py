@@ -17,11 +17,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
+from service.client_http import Api, ClientError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -40,118 +40,6 @@ KEY_METRICS = (
     "heat",
 )
 SCORE_BATCH_ROWS = 5000
-RECONNECTS = 20
-
-
-class ClientError(Exception):
-    """Something to tell the user in one line (exit code 1)."""
-
-
-# --- HTTP ---------------------------------------------------------------------------------------
-
-
-class Api:
-    def __init__(
-        self,
-        server: str,
-        api_key: str | None,
-        *,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        headers = {"Accept": "application/json", "User-Agent": "thermoml-cli"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self.server = server.rstrip("/")
-        self.http = httpx.Client(
-            base_url=self.server, headers=headers, timeout=timeout, transport=transport
-        )
-
-    def close(self) -> None:
-        self.http.close()
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ClientError(f"cannot reach thermoml at {self.server}: {exc}") from None
-        if response.status_code >= 400:
-            raise ClientError(error_message(response))
-        return response
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
-
-    def events(self, job_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The job's server-sent events until `end`, reconnecting with Last-Event-ID."""
-        last_id: str | None = None
-        failures = 0
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if last_id is not None:
-                headers["Last-Event-ID"] = last_id
-            try:
-                with self.http.stream(
-                    "GET",
-                    f"/v1/jobs/{job_id}/events",
-                    headers=headers,
-                    timeout=httpx.Timeout(30.0, read=None),
-                ) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise ClientError(error_message(response))
-                    for event_id, kind, data in parse_sse(response.iter_lines()):
-                        failures = 0
-                        if event_id is not None:
-                            last_id = event_id
-                        yield kind, data
-                        if kind == "end":
-                            return
-            except httpx.TransportError as exc:
-                failures += 1
-                if failures > RECONNECTS:
-                    raise ClientError(f"lost the event stream of job {job_id}: {exc}") from None
-            else:
-                failures += 1  # the server closed the stream before `end` (e.g. a restart)
-                if failures > RECONNECTS:
-                    raise ClientError(f"the event stream of job {job_id} keeps closing")
-            time.sleep(min(5.0, 0.2 * 2**failures))
-
-
-def error_message(response: httpx.Response) -> str:
-    """The server's own words: the error envelope's message, or the status line."""
-    try:
-        error = response.json().get("error") or {}
-        message = error.get("message")
-        if message:
-            return f"{message} ({error.get('code', response.status_code)})"
-    except (ValueError, AttributeError):
-        pass
-    text = response.text.strip()[:300]
-    return f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str | None, str, dict[str, Any]]]:
-    """(id, event, data) of each event of a text/event-stream."""
-    event_id: str | None = None
-    kind = "message"
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield event_id, kind, json.loads("\n".join(data))
-            kind, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "id":
-            event_id = value
-        elif name == "event":
-            kind = value
-        elif name == "data":
-            data.append(value)
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -170,16 +58,16 @@ class ProgressBar:
         self._last_line = 0.0
         self._printed_status: str | None = None
 
-    def update(self, kind: str, data: dict[str, Any]) -> None:
-        if kind in ("status", "end"):
+    def update(self, event: str, data: dict[str, Any]) -> None:
+        if event in ("status", "end"):
             self.status = data["status"]
-        elif kind == "progress":
+        elif event == "progress":
             self.progress = data
-        elif kind == "metrics":
+        elif event == "metrics":
             for name, series in data.get("series", {}).items():
                 if series["values"]:
                     self.latest[name] = series["values"][-1]
-        self.draw(force=kind in ("status", "end"))
+        self.draw(force=event in ("status", "end"))
 
     def line(self) -> str:
         fraction = max(0.0, min(1.0, float(self.progress.get("fraction") or 0.0)))
@@ -227,8 +115,8 @@ def follow(api: Api, job_id: str, out: TextIO) -> dict[str, Any]:
     bar = ProgressBar(job, out)
     bar.draw(force=True)
     try:
-        for kind, data in api.events(job_id):
-            bar.update(kind, data)
+        for event, data in api.events(job_id):
+            bar.update(event, data)
     finally:
         bar.finish()
     return dict(api.json("GET", f"/v1/jobs/{job_id}"))
@@ -282,25 +170,40 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def cmd_jobs(args: argparse.Namespace, api: Api) -> int:
-    params = {"limit": args.limit, "status": args.status, "kind": args.kind}
-    page = api.json("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
+def _list(
+    args: argparse.Namespace,
+    api: Api,
+    path: str,
+    params: dict[str, Any],
+    columns: dict[str, Callable[[dict[str, Any]], str]],
+) -> int:
+    """A list page as a table of `columns` (header: how to show an item), or the server's JSON."""
+    page = api.json("GET", path, params={k: v for k, v in params.items() if v})
     if args.json:
         print(json.dumps(page, indent=2))
         return 0
-    rows = [
-        [
-            job["id"],
-            job["name"],
-            job["kind"],
-            job["status"],
-            f"{100 * float((job.get('progress') or {}).get('fraction') or 0):.0f}%",
-            job["created_at"][:19].replace("T", " "),
-        ]
-        for job in page["items"]
-    ]
-    print(_table(rows, ["id", "name", "kind", "status", "progress", "created"]))
+    rows = [[show(item) for show in columns.values()] for item in page["items"]]
+    print(_table(rows, list(columns)))
     return 0
+
+
+def _created(item: dict[str, Any]) -> str:
+    return str(item["created_at"])[:19].replace("T", " ")
+
+
+def cmd_jobs(args: argparse.Namespace, api: Api) -> int:
+    params = {"limit": args.limit, "status": args.status, "kind": args.kind}
+    columns: dict[str, Callable[[dict[str, Any]], str]] = {
+        "id": lambda job: job["id"],
+        "name": lambda job: job["name"],
+        "kind": lambda job: job["kind"],
+        "status": lambda job: job["status"],
+        "progress": lambda job: (
+            f"{100 * float((job.get('progress') or {}).get('fraction') or 0):.0f}%"
+        ),
+        "created": _created,
+    }
+    return _list(args, api, "/v1/jobs", params, columns)
 
 
 def cmd_metrics(args: argparse.Namespace, api: Api) -> int:
@@ -327,22 +230,14 @@ def _metrics_summary(series: dict[str, dict[str, list[Any]]]) -> str:
 
 def cmd_models(args: argparse.Namespace, api: Api) -> int:
     params = {"limit": args.limit, "kind": args.kind, "name": args.name}
-    page = api.json("GET", "/v1/models", params={k: v for k, v in params.items() if v})
-    if args.json:
-        print(json.dumps(page, indent=2))
-        return 0
-    rows = [
-        [
-            m["id"],
-            f"{m['name']}@{m['version']}",
-            m["kind"],
-            ",".join(m["capabilities"]),
-            m["created_at"][:19].replace("T", " "),
-        ]
-        for m in page["items"]
-    ]
-    print(_table(rows, ["id", "model", "kind", "serves", "created"]))
-    return 0
+    columns: dict[str, Callable[[dict[str, Any]], str]] = {
+        "id": lambda m: m["id"],
+        "model": lambda m: f"{m['name']}@{m['version']}",
+        "kind": lambda m: m["kind"],
+        "serves": lambda m: ",".join(m["capabilities"]),
+        "created": _created,
+    }
+    return _list(args, api, "/v1/models", params, columns)
 
 
 def read_rows(path: str, *, label_column: str | None = None) -> list[list[float]]:

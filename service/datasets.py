@@ -7,9 +7,6 @@ object behind. Object keys are `datasets/<id>/data.<format>`: ids, never user-ch
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +20,7 @@ from ml.core import datasets as ml_datasets
 from ml.core.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
 from ml.core.spec import JobSpec
 from service.db import datasets as repo
+from service.db import pagination
 from service.db.base import new_id, utcnow
 from service.db.tables import Dataset as DatasetRow
 from service.errors import ServiceError
@@ -137,9 +135,7 @@ def ingest(
         data = ml_datasets.load_file(upload.path, fmt, label_column=label or None, name=label_name)
     except DataError as exc:
         raise ServiceError("validation_error", str(exc)) from exc
-    summary = ml_datasets.summarize(
-        data, max_features=MAX_SUMMARY_FEATURES, preview_rows=PREVIEW_ROWS
-    )
+    described = _described(data)
     dataset_id = new_id()
     stored = store.put_file(upload.path, dataset_key(dataset_id, fmt))
     try:
@@ -151,16 +147,11 @@ def ingest(
                 id=dataset_id,
                 name=label_name,
                 format=fmt,
-                shape=data.shape,
-                dtype=data.dtype,
-                rows=data.rows,
-                features=data.features,
-                has_labels=data.y is not None,
                 sha256=stored.sha256,
                 uri=stored.uri,
                 label_column=label,
-                summary=summary,
                 created_at=utcnow(),
+                **described,
             )
     except IntegrityError:
         # The same content arrived concurrently and won: answer with its data set.
@@ -176,10 +167,34 @@ def ingest(
     return row, True
 
 
+def _described(data: ml_datasets.Dataset) -> dict[str, Any]:
+    """A data set row's columns that describe its arrays: shape, labels and statistics."""
+    summary = ml_datasets.summarize(
+        data, max_features=MAX_SUMMARY_FEATURES, preview_rows=PREVIEW_ROWS
+    )
+    described = {k: getattr(data, k) for k in ("shape", "dtype", "rows", "features")}
+    return {**described, "has_labels": data.y is not None, "summary": summary}
+
+
+def describe(session: Session, dataset_id: str) -> tuple[BuiltinInfo | DatasetRow, dict[str, Any]]:
+    """The built-in or upload `dataset_id` names, and its summary (statistics and preview)."""
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        info = builtin(dataset_id)
+        return info, builtin_summary(info.name)
+    row = repo.get(session, dataset_id=dataset_id)
+    return row, row.summary or {}
+
+
 def delete(session: Session, store: ArtifactStore, dataset_id: str) -> None:
-    """Remove the row and its stored object; 409 while a queued or running job uses it."""
+    """Remove the row and its stored object (in a transaction of its own); 409 while a queued
+    or running job uses it."""
     if dataset_id.startswith(BUILTIN_PREFIX):
         raise ServiceError("unsupported_operation", "built-in data sets cannot be deleted")
+    with session.begin():
+        _delete(session, store, dataset_id)
+
+
+def _delete(session: Session, store: ArtifactStore, dataset_id: str) -> None:
     row = repo.get(session, dataset_id=dataset_id)
     users = repo.active_jobs_using(session, dataset_id=dataset_id)
     if users:
@@ -197,23 +212,15 @@ def delete(session: Session, store: ArtifactStore, dataset_id: str) -> None:
 # --- listing: the built-ins first, then uploads, newest first -----------------------------------
 
 
-def _encode(payload: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[int, tuple[dt.datetime, str] | None]:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if payload[0] == "builtin":
-            return int(payload[1]), None
-        if payload[0] == "upload":
-            return len(ml_datasets.builtin_names()), (
-                dt.datetime.fromisoformat(payload[1]),
-                str(payload[2]),
-            )
-    except (ValueError, TypeError, IndexError, KeyError):
-        pass
-    raise ServiceError("validation_error", "cursor is not one this service issued")
+def _decode(cursor: str) -> tuple[int, pagination.Position | None]:
+    """(index of the next built-in, position among uploads) from a listing's cursor."""
+    payload = pagination.decode(cursor)
+    if payload[:1] == ["builtin"] and len(payload) == 2:
+        start = payload[1]
+        if isinstance(start, int) and not isinstance(start, bool) and start >= 0:
+            return start, None
+        raise ServiceError("validation_error", pagination.NOT_OURS)
+    return len(ml_datasets.builtin_names()), pagination.position_of(payload, "upload")
 
 
 def list_page(
@@ -223,11 +230,11 @@ def list_page(
     start, after = _decode(cursor) if cursor else (0, None)
     items: list[BuiltinInfo | DatasetRow] = list(builtins[start : start + limit])
     if start + limit < len(builtins):
-        return items, _encode(["builtin", start + limit])
+        return items, pagination.encode(["builtin", start + limit])
     remaining = limit - len(items)
     if remaining == 0:
         more, _ = repo.list_page(session, limit=1, after=None)
-        return items, _encode(["builtin", len(builtins)]) if more else None
+        return items, pagination.encode(["builtin", len(builtins)]) if more else None
     rows, next_cursor = repo.list_page(session, limit=remaining, after=after)
     return [*items, *rows], next_cursor
 

@@ -14,22 +14,20 @@ and `n` counts the events sent since it last moved, so ids increase, also across
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import json
 import logging
-import signal
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import jobs as job_repo
+from service.db import metrics as metric_repo
 from service.db.jobs import TERMINAL
-from service.db.tables import Job, MetricPoint
 from service.errors import ServiceError
+from service.event_format import encode, format_event, iso, job_status
+from service.exit_signals import chain_exit_signals
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +37,7 @@ PAGES_PER_TICK = 20  # a poller falling behind catches up this many batches per 
 MAX_BACKLOG_UPDATES = 200  # a subscriber this far behind is dropped (it reconnects and resumes)
 RETRY_MS = 2000
 
-Row = tuple[int, str, int, float | None, dt.datetime]  # id, name, step, value, recorded_at
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def job_status(job: Any) -> dict[str, Any]:
-    """The `status` event's data."""
-    error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
-    return {
-        "id": job.id,
-        "status": job.status,
-        "attempts": job.attempts,
-        "worker": job.worker,
-        "device": job.device,
-        "error": error,
-        "model_id": job.model_id,
-        "cancel_requested": bool(job.cancel_requested),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-    }
+Row = metric_repo.StoredPoint  # id, name, step, value, recorded_at
 
 
 @dataclass
@@ -94,15 +71,6 @@ class Update:
 CLOSED = Update(points=[])  # sentinel: the stream must end (shutdown, or it fell behind)
 
 
-def encode(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
-
-
-def format_event(event: str, data: dict[str, Any] | str, event_id: int) -> str:
-    payload = data if isinstance(data, str) else encode(data)
-    return f"id: {event_id}\nevent: {event}\ndata: {payload}\n\n"
-
-
 def metrics_payload(rows: Iterable[Row], names: frozenset[str] | None) -> str | None:
     """`metrics` event data: the points as series, when the newest was recorded and when it
     was read; None when no point passes the names filter."""
@@ -119,7 +87,7 @@ def metrics_payload(rows: Iterable[Row], names: frozenset[str] | None) -> str | 
     if not series:
         return None
     now = dt.datetime.now(dt.UTC)
-    return encode({"series": series, "recorded_at": _iso(newest), "read_at": _iso(now)})
+    return encode({"series": series, "recorded_at": iso(newest), "read_at": iso(now)})
 
 
 # --- database reads (run in threads) ----------------------------------------------------------
@@ -127,9 +95,7 @@ def metrics_payload(rows: Iterable[Row], names: frozenset[str] | None) -> str | 
 
 def read_snapshot(sessions: sessionmaker[Session], job_id: str) -> Snapshot:
     with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            raise ServiceError("not_found", f"job {job_id} does not exist")
+        job = job_repo.get(session, job_id=job_id)
         snap = Snapshot(job_status(job), dict(job.progress or {}))
         if snap.ended:
             snap.result = job.result
@@ -137,29 +103,18 @@ def read_snapshot(sessions: sessionmaker[Session], job_id: str) -> Snapshot:
 
 
 def read_points(
-    sessions: sessionmaker[Session],
-    job_id: str,
-    *,
-    after: int,
-    upto: int | None = None,
-    limit: int | None = None,
+    sessions: sessionmaker[Session], job_id: str, *, after: int, upto: int | None = None
 ) -> list[Row]:
-    """Points of the job with `after < id <= upto`, by id, at most `limit` (a batch)."""
-    point = MetricPoint
-    query = select(point.id, point.name, point.step, point.value, point.recorded_at).where(
-        point.job_id == job_id, point.id > after
-    )
-    if upto is not None:
-        query = query.where(point.id <= upto)
+    """Points of the job with `after < id <= upto`, by id: one batch (`BATCH_POINTS`)."""
     with sessions() as session:
-        rows = session.execute(query.order_by(point.id).limit(limit or BATCH_POINTS))
-        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        return metric_repo.points_after(
+            session, job_id=job_id, after=after, upto=upto, limit=BATCH_POINTS
+        )
 
 
 def max_point_id(sessions: sessionmaker[Session], job_id: str) -> int:
     with sessions() as session:
-        query = select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id)
-        return int(session.scalar(query) or 0)
+        return metric_repo.max_point_id(session, job_id=job_id)
 
 
 # --- the shared poller --------------------------------------------------------------------------
@@ -308,36 +263,8 @@ class EventHub:
             self._restore_signals = None
 
     def close_on_exit_signals(self) -> None:
-        """End the streams as soon as the server is asked to stop.
-
-        uvicorn waits for open responses before it runs the application's shutdown, and an
-        event stream stays open until its job ends; so the hub chains itself in front of the
-        server's SIGINT/SIGTERM handlers (main thread only, as signals are).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            return
-        loop = asyncio.get_running_loop()
-        previous: dict[int, Any] = {}
-
-        def handler(signum: int, frame: Any) -> None:
-            loop.call_soon_threadsafe(self.close)
-            chained = previous.get(signum)
-            if callable(chained):
-                chained(signum, frame)
-            elif chained == signal.SIG_DFL and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, handler)
-
-        def restore() -> None:
-            for signum, old in previous.items():
-                if signal.getsignal(signum) is handler:
-                    with contextlib.suppress(ValueError, TypeError):
-                        signal.signal(signum, old)
-
-        self._restore_signals = restore
+        """End the streams as soon as the server is asked to stop (see `chain_exit_signals`)."""
+        self._restore_signals = chain_exit_signals(self.close)
 
 
 # --- one subscriber's stream ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Loaded models for serving: downloaded and verified once, kept in a bounded LRU cache.
+"""Loaded models for serving: downloaded and verified once, kept in a bounded LRU cache; and
+what a model reference (id, name or name@version) resolves to, kept `model_ref_ttl` seconds.
 
 A model's kind loads it (`Kind.load`) into a :class:`ml.core.serving.Servable` whose operations are
 compiled once with a fixed input signature. TensorFlow is imported here on the first request
@@ -13,20 +14,25 @@ import logging
 import shutil
 import sys
 import threading
+import time
 from collections import OrderedDict
-from contextlib import suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from sqlalchemy.orm import Session
 
 from ml.core.registry import get_kind
 from ml.core.serving import Servable
 from service.batching import Batcher
 from service.config import Settings
+from service.db import models as model_repo
 from service.errors import ServiceError
 from service.storage import ArtifactStore
+
+Sessions = Callable[[], AbstractContextManager[Session]]
 
 log = logging.getLogger(__name__)
 # A loaded Keras model takes a few times its file size in memory (weights, graphs, buffers).
@@ -45,6 +51,7 @@ class ModelInfo:
     preprocessing: dict[str, Any]
     calibration: dict[str, Any]
     capabilities: list[str]
+    pictures: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, row: Any) -> ModelInfo:
@@ -57,6 +64,7 @@ class ModelInfo:
             preprocessing=dict(row.preprocessing or {}),
             calibration=dict(row.calibration or {}),
             capabilities=list(row.capabilities or []),
+            pictures=list(row.pictures or []),
         )
 
     @property
@@ -77,6 +85,8 @@ class _Entry:
 
 
 class ModelCache:
+    """The process's loaded models, and its memory of what references resolve to."""
+
     def __init__(self, settings: Settings, store: ArtifactStore) -> None:
         self.max_models = settings.model_cache_models
         self.max_bytes = settings.model_cache_bytes
@@ -85,6 +95,26 @@ class ModelCache:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        self.ref_ttl = settings.model_ref_ttl
+        self._refs: dict[str, tuple[float, ModelInfo]] = {}
+        self.in_flight = 0  # operations under way (a lone one may skip the batching path)
+
+    def known(self, ref: str) -> ModelInfo | None:
+        """What `ref` resolved to less than `model_ref_ttl` seconds ago (never blocks)."""
+        hit = self._refs.get(ref)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def resolve(self, sessions: Sessions, ref: str, *, fresh: bool = False) -> ModelInfo:
+        """The models row behind `ref` (404 if none), remembered for `model_ref_ttl` seconds;
+        `fresh` reads the row again whatever is remembered."""
+        now = time.monotonic()
+        hit = None if fresh else self.known(ref)
+        if hit is not None:
+            return hit
+        with sessions() as session:
+            info = ModelInfo.of(model_repo.resolve(session, ref))
+        self._refs[ref] = (now + self.ref_ttl, info)
+        return info
 
     @property
     def loaded(self) -> list[str]:
@@ -149,7 +179,9 @@ class ModelCache:
             return entry.batchers.get(operation)
 
     def discard(self, model_id: str) -> None:
-        """Forget a deleted model."""
+        """Forget a deleted model: its loaded copies, its files, the references to it."""
+        for ref in [r for r, (_, info) in list(self._refs.items()) if info.id == model_id]:
+            self._refs.pop(ref, None)
         with self._lock:
             dropped = [k for k in self._entries if k.startswith(f"{model_id}:")]
             for key in dropped:
@@ -231,16 +263,3 @@ def resident_bytes() -> int:
     import os
 
     return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def to_json_array(values: Any) -> Any:
-    """NumPy to JSON-ready lists; non-finite numbers become None."""
-    if isinstance(values, np.ndarray):
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            return np.where(np.isfinite(values), values, None).tolist()
-        return values.tolist()
-    if isinstance(values, np.generic):
-        return values.item()
-    if isinstance(values, float) and not np.isfinite(values):
-        return None
-    return values

@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.auth import Principal, current
 from service.config import Settings
+from service.inference import ModelCache
 from service.queue import Publisher
 from service.storage import ArtifactStore
 
@@ -97,8 +99,53 @@ def get_store(request: Request) -> ArtifactStore:
     return store  # type: ignore[no-any-return]
 
 
+async def get_model_cache(request: Request) -> ModelCache:
+    """The app's loaded-model cache, made on first use (so start-up loads no model code)."""
+    state = request.app.state
+    cache = getattr(state, "model_cache", None)
+    if cache is None:
+        cache = state.model_cache = ModelCache(state.settings, get_store(request))
+    return cache  # type: ignore[no-any-return]
+
+
+async def loaded_model_cache(request: Request) -> ModelCache | None:
+    """The app's model cache if a model operation made it, else None (nothing to forget)."""
+    return getattr(request.app.state, "model_cache", None)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A list request's `limit` and `cursor`."""
+
+    limit: int
+    cursor: str | None
+
+
+def page(
+    limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
+    cursor: Annotated[
+        str | None, Query(description="The `next_cursor` of the previous page.")
+    ] = None,
+) -> Page:
+    return Page(limit, cursor)
+
+
+def metric_names(
+    names: Annotated[
+        list[str] | None,
+        Query(description="Metric names, comma-separated or repeated; default: all."),
+    ] = None,
+) -> list[str]:
+    """The `names` query parameter as a list (empty: all metrics)."""
+    return [n.strip() for item in names or [] for n in item.split(",") if n.strip()]
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 PublisherDep = Annotated[Publisher, Depends(get_publisher)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+ModelCacheDep = Annotated[ModelCache, Depends(get_model_cache)]
+LoadedModelCacheDep = Annotated[ModelCache | None, Depends(loaded_model_cache)]
+PageDep = Annotated[Page, Depends(page)]
+MetricNamesDep = Annotated[list[str], Depends(metric_names)]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import json
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.db import pagination
 from service.db.tables import Dataset, Job
 from service.errors import ServiceError
 
@@ -47,28 +44,14 @@ def create(session: Session, **fields: Any) -> Dataset:
     return row
 
 
-def encode_cursor(row: Dataset) -> str:
-    raw = json.dumps(["upload", row.created_at.isoformat(), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def list_page(
-    session: Session, *, limit: int, after: tuple[dt.datetime, str] | None
-) -> tuple[Sequence[Dataset], str | None]:
-    """Uploads, newest first, after the cursor position (created_at, id)."""
-    query = select(Dataset)
-    if after is not None:
-        created, last_id = after
-        query = query.where(
-            or_(
-                Dataset.created_at < created,
-                and_(Dataset.created_at == created, Dataset.id < last_id),
-            )
-        )
-    ordered = query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(ordered))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    session: Session, *, limit: int, after: pagination.Position | None
+) -> tuple[list[Dataset], str | None]:
+    """Uploads, newest first, after the cursor position (created_at, id); the next cursor is
+    tagged `upload` (the listing puts the built-ins first)."""
+    return pagination.page(
+        session, select(Dataset), Dataset, limit=limit, after=after, tag=("upload",)
+    )
 
 
 def active_jobs_using(session: Session, *, dataset_id: str) -> list[str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -13,6 +14,7 @@ from service.db.tables import MetricPoint
 from service.errors import ServiceError
 
 Point = tuple[str, int, float]
+StoredPoint = tuple[int, str, int, float | None, dt.datetime]  # id, name, step, value, recorded_at
 BATCH_ROWS = 500  # far below SQLite's limit on bound variables per statement
 
 
@@ -93,3 +95,49 @@ def check_names(session: Session, *, job_id: str, wanted: Iterable[str]) -> list
 def names(session: Session, *, job_id: str) -> list[str]:
     query = select(MetricPoint.name).where(MetricPoint.job_id == job_id).distinct()
     return sorted(session.scalars(query))
+
+
+def max_point_id(session: Session, *, job_id: str) -> int:
+    """The largest row id among the job's points (0 when it has none)."""
+    query = select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id)
+    return int(session.scalar(query) or 0)
+
+
+def points_after(
+    session: Session, *, job_id: str, after: int, upto: int | None, limit: int
+) -> list[StoredPoint]:
+    """The job's points with `after < id <= upto`, by id, at most `limit`."""
+    point = MetricPoint
+    query = select(point.id, point.name, point.step, point.value, point.recorded_at).where(
+        point.job_id == job_id, point.id > after
+    )
+    if upto is not None:
+        query = query.where(point.id <= upto)
+    rows = session.execute(query.order_by(point.id).limit(limit))
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def latest_values(session: Session, *, job_id: str) -> dict[str, tuple[int, float | None]]:
+    """Each metric's most recently written point, as {name: (step, value)}, by name."""
+    newest = (
+        select(func.max(MetricPoint.id))
+        .where(MetricPoint.job_id == job_id)
+        .group_by(MetricPoint.name)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(MetricPoint.name, MetricPoint.step, MetricPoint.value).where(
+            MetricPoint.id.in_(newest)
+        )
+    )
+    return {name: (step, value) for name, step, value in sorted(rows)}
+
+
+def version(session: Session, *, job_id: str) -> str:
+    """A token that changes whenever a point of the job is added or rewritten."""
+    row = session.execute(
+        select(func.count(), func.max(MetricPoint.id), func.max(MetricPoint.recorded_at)).where(
+            MetricPoint.job_id == job_id
+        )
+    ).one()
+    return f"{row[0]}:{row[1]}:{row[2]}"

@@ -6,13 +6,12 @@ A reference is a model's id, a name (its latest version) or `name@version`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.jobs import decode_cursor, encode_cursor
+from service.db import pagination
 from service.db.tables import Model
 from service.errors import ServiceError
 
@@ -74,23 +73,15 @@ def create(session: Session, *, model_id: str, name: str, **fields: Any) -> Mode
 
 def list_page(
     session: Session, *, name: str | None, kind: str | None, limit: int, cursor: str | None
-) -> tuple[Sequence[Model], str | None]:
+) -> tuple[list[Model], str | None]:
     """Newest first; the cursor is the last row's (created_at, id)."""
     query = select(Model)
     if name:
         query = query.where(Model.name == name)
     if kind:
         query = query.where(Model.kind == kind)
-    if cursor:
-        created, last_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Model.created_at < created, and_(Model.created_at == created, Model.id < last_id))
-        )
-    rows = list(
-        session.scalars(query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit + 1))
-    )
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None  # type: ignore[arg-type]
-    return rows[:limit], next_cursor
+    after = pagination.decode_position(cursor) if cursor else None
+    return pagination.page(session, query, Model, limit=limit, after=after)
 
 
 def delete(session: Session, *, model: Model) -> None:

@@ -59,39 +59,31 @@ class DatasetPage(BaseModel):
     next_cursor: str | None
 
 
+# Fields a built-in and an upload carry under the same name.
+SHAPE_FIELDS = ("name", "shape", "dtype", "rows", "features")
+
+
+def _fields(source: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(source, name) for name in names}
+
+
 def builtin_out(info: BuiltinInfo) -> DatasetOut:
     return DatasetOut(
         id=info.ref,
-        name=info.name,
         format="builtin",
-        shape=info.shape,
-        dtype=info.dtype,
-        rows=info.rows,
-        features=info.features,
         has_labels=info.labels is not None,
-        labels=info.labels,
-        label_type=info.label_type,
-        description=info.description,
+        **_fields(info, (*SHAPE_FIELDS, "labels", "label_type", "description")),
     )
 
 
 def upload_out(row: Dataset) -> DatasetOut:
     labels = (row.summary or {}).get("labels") or {}
     return DatasetOut(
-        id=row.id,
-        name=row.name,
-        format=row.format,
-        shape=row.shape,
-        dtype=row.dtype,
-        rows=row.rows,
-        features=row.features,
-        has_labels=row.has_labels,
         label_column=row.label_column or None,
         labels=labels.get("meaning"),
         label_type=labels.get("type"),
         description=f"uploaded {row.format} file",
-        sha256=row.sha256,
-        created_at=row.created_at,
+        **_fields(row, (*SHAPE_FIELDS, "id", "format", "has_labels", "sha256", "created_at")),
     )
 
 

@@ -42,20 +42,13 @@ class ModelPage(BaseModel):
 
 
 def model_out(model: Model) -> ModelOut:
+    # JSON columns may hold null in rows written before they existed.
+    lists = {k: list(getattr(model, k) or []) for k in ("capabilities", "pictures", "input_shape")}
+    dicts = {k: getattr(model, k) or {} for k in ("preprocessing", "calibration", "evaluation")}
+    plain = ("id", "name", "version", "kind", "job_id", "artifact_uri", "sha256", "created_at")
     return ModelOut(
-        id=model.id,
-        name=model.name,
-        version=model.version,
-        kind=model.kind,
-        job_id=model.job_id,
-        capabilities=list(model.capabilities or []),
-        pictures=list(model.pictures or []),
-        input_shape=list(model.input_shape or []),
-        preprocessing=model.preprocessing or {},
-        calibration=model.calibration or {},
-        evaluation=model.evaluation or {},
-        artifact_uri=model.artifact_uri,
-        sha256=model.sha256,
+        **{k: getattr(model, k) for k in plain},
+        **lists,
+        **dicts,
         files={name: ModelFile(**entry) for name, entry in (model.files or {}).items()},
-        created_at=model.created_at,
     )

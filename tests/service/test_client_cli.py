@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from service import client_cli
+from service import client_cli, client_http
 from service.cli import main
 from service.config import Settings
 from service.db import models as model_repo
@@ -241,4 +241,4 @@ def test_sse_parsing() -> None:
     lines = iter(
         ["retry: 2000", "", ": keepalive", "id: 7", "event: status", 'data: {"a": 1}', "", ""]
     )
-    assert list(client_cli.parse_sse(lines)) == [("7", "status", {"a": 1})]
+    assert list(client_http.parse_sse(lines)) == [("7", "status", {"a": 1})]

@@ -9,18 +9,17 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import jinja2
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import func, select
 
-from service.api.deps import SessionDep
+from service.api.deps import PageDep, SessionDep
 from service.db import jobs as job_repo
+from service.db import metrics as metric_repo
 from service.db import models as model_repo
 from service.db.jobs import STATUSES, TERMINAL
-from service.db.tables import MetricPoint
 from service.errors import ServiceError
 from service.events import ID_SCALE
 from service.schemas.jobs import job_out
@@ -90,18 +89,17 @@ def _not_found(exc: ServiceError) -> HTMLResponse:
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(
     session: SessionDep,
+    page: PageDep,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     kind: str | None = None,
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> HTMLResponse:
     """The job list, newest first; the page refreshes its rows from `GET /v1/jobs`."""
     jobs, next_cursor = job_repo.list_page(
-        session, status=status, kind=kind, limit=limit, cursor=cursor
+        session, status=status, kind=kind, limit=page.limit, cursor=page.cursor
     )
-    query = {k: v for k, v in (("status", status), ("kind", kind), ("limit", limit)) if v}
-    if cursor:
-        query["cursor"] = cursor
+    query = {k: v for k, v in (("status", status), ("kind", kind), ("limit", page.limit)) if v}
+    if page.cursor:
+        query["cursor"] = page.cursor
     return _page(
         "jobs.html",
         title="Jobs",
@@ -114,21 +112,6 @@ def jobs_page(
     )
 
 
-def _latest_values(session: SessionDep, job_id: str) -> dict[str, tuple[int, float | None]]:
-    newest = (
-        select(func.max(MetricPoint.id))
-        .where(MetricPoint.job_id == job_id)
-        .group_by(MetricPoint.name)
-        .scalar_subquery()
-    )
-    rows = session.execute(
-        select(MetricPoint.name, MetricPoint.step, MetricPoint.value).where(
-            MetricPoint.id.in_(newest)
-        )
-    )
-    return {name: (step, value) for name, step, value in sorted(rows)}
-
-
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, session: SessionDep) -> HTMLResponse:
     """One job: status, progress, its metric plots (updated live), result and spec."""
@@ -136,42 +119,32 @@ def job_page(job_id: str, session: SessionDep) -> HTMLResponse:
         job = job_out(job_repo.get(session, job_id=job_id))
     except ServiceError as exc:
         return _not_found(exc)
-    cursor = session.scalar(select(func.max(MetricPoint.id)).where(MetricPoint.job_id == job_id))
+    cursor = metric_repo.max_point_id(session, job_id=job_id)
     page_data = {
         "id": job.id,
         "status": job.status,
         "ended": job.status in TERMINAL,
         "events": f"/v1/jobs/{job.id}/events",
-        "last_event_id": int(cursor or 0) * ID_SCALE,
+        "last_event_id": cursor * ID_SCALE,
         "plot": f"/v1/jobs/{job.id}/metrics.png",
     }
     return _page(
         "job.html",
         title=f"Job {job.name}",
         job=job,
-        latest=_latest_values(session, job_id),
+        latest=metric_repo.latest_values(session, job_id=job_id),
         page_data=page_data,
     )
 
 
 @router.get("/models", response_class=HTMLResponse)
-def models_page(
-    session: SessionDep,
-    kind: str | None = None,
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> HTMLResponse:
+def models_page(session: SessionDep, page: PageDep, kind: str | None = None) -> HTMLResponse:
     """The model registry, newest first."""
     models, next_cursor = model_repo.list_page(
-        session, name=None, kind=kind, limit=limit, cursor=cursor
+        session, name=None, kind=kind, limit=page.limit, cursor=page.cursor
     )
-    return _page(
-        "models.html",
-        title="Models",
-        models=[model_out(m) for m in models],
-        next_cursor=next_cursor,
-        kind=kind,
-    )
+    items = [model_out(m) for m in models]
+    return _page("models.html", title="Models", models=items, next_cursor=next_cursor, kind=kind)
 
 
 @router.get("/models/{ref}", response_class=HTMLResponse)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from ml.core.datasets import BUILTIN_PREFIX
 from service import datasets
 from service.api import uploads
-from service.api.deps import SessionDep, SettingsDep, StoreDep
-from service.db import datasets as repo
+from service.api.deps import PageDep, SessionDep, SettingsDep, StoreDep
 from service.errors import ServiceError
 from service.schemas.common import ERROR_RESPONSES, ErrorBody
 from service.schemas.datasets import (
     DatasetDetail,
     DatasetOut,
     DatasetPage,
-    builtin_out,
     detail_out,
     item_out,
     upload_out,
@@ -98,29 +95,21 @@ async def upload_dataset(
 
 
 @router.get("", response_model=DatasetPage)
-def list_datasets(
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> DatasetPage:
+def list_datasets(session: SessionDep, page: PageDep) -> DatasetPage:
     """The built-ins (`builtin:<name>`) first, then uploads, newest first."""
-    items, next_cursor = datasets.list_page(session, limit=limit, cursor=cursor)
+    items, next_cursor = datasets.list_page(session, limit=page.limit, cursor=page.cursor)
     return DatasetPage(items=[item_out(i) for i in items], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
 def get_dataset(dataset_id: str, session: SessionDep) -> DatasetDetail:
     """Shape and labels, per-feature mean/std/min/max (first 64 features) and the first rows."""
-    if dataset_id.startswith(BUILTIN_PREFIX):
-        info = datasets.builtin(dataset_id)
-        return detail_out(builtin_out(info), datasets.builtin_summary(info.name))
-    row = repo.get(session, dataset_id=dataset_id)
-    return detail_out(upload_out(row), row.summary or {})
+    item, summary = datasets.describe(session, dataset_id)
+    return detail_out(item_out(item), summary)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> Response:
     """Remove the data set and its stored file; 409 while a queued or running job uses it."""
-    with session.begin():
-        datasets.delete(session, store, dataset_id)
+    datasets.delete(session, store, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from service.api.deps import MetricNamesDep
 from service.events import EventHub, Position, Stream
 from service.schemas.common import ERROR_RESPONSES
 
@@ -66,10 +67,7 @@ class EventStreamResponse(StreamingResponse):
 async def job_events(
     job_id: str,
     request: Request,
-    names: Annotated[
-        list[str] | None,
-        Query(description="Only these metrics in `metrics` events (comma-separated or repeated)."),
-    ] = None,
+    names: MetricNamesDep,
     last_event_id: Annotated[
         str | None,
         Query(description="Resume after this event id (browsers send the header instead)."),
@@ -79,8 +77,7 @@ async def job_events(
     """Server-sent events until the job ends: `status` and `progress` at once, then the metric
     points (all of them, or those after `Last-Event-ID`) as `metrics` batches, then what changes,
     and `end` once the job ended. Reconnecting with `Last-Event-ID` resumes without gaps."""
-    wanted = [n.strip() for item in names or [] for n in item.split(",") if n.strip()]
     position = Position.parse(last_event_id_header or last_event_id)
-    stream = Stream(get_hub(request), job_id, position, wanted or None)
+    stream = Stream(get_hub(request), job_id, position, names or None)
     await stream.open()
     return EventStreamResponse(stream)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
+from service.db.session import ping
 from service.errors import ServiceError
 
 router = APIRouter(tags=["health"])
@@ -27,12 +28,9 @@ async def readyz(request: Request) -> Any:
     state = request.app.state
     timeout = state.settings.publish_timeout + 1
 
-    def database() -> None:
-        with state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
+    probes = (("database", partial(ping, state.engine)), ("broker", state.publisher.ping))
     checks: dict[str, str] = {}
-    for name, probe in (("database", database), ("broker", state.publisher.ping)):
+    for name, probe in probes:
         try:
             await asyncio.wait_for(run_in_threadpool(probe), timeout)
             checks[name] = "ok"

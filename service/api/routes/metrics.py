@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from service.api.deps import SessionDep
+from service.api.deps import MetricNamesDep, SessionDep
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.schemas.common import ERROR_RESPONSES
@@ -17,20 +17,9 @@ from service.schemas.jobs import MetricsOut, Series
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], responses=ERROR_RESPONSES)
 
-Names = Annotated[
-    list[str] | None,
-    Query(description="Metric names, comma-separated or repeated; default: all."),
-]
 SinceStep = Annotated[
     int | None, Query(description="Only points with a step greater than this (for polling).")
 ]
-
-
-def _names(raw: list[str] | None) -> list[str] | None:
-    if not raw:
-        return None
-    names = [n.strip() for item in raw for n in item.split(",") if n.strip()]
-    return names or None
 
 
 @router.get(
@@ -41,13 +30,13 @@ def _names(raw: list[str] | None) -> list[str] | None:
 def get_metrics(
     job_id: str,
     session: SessionDep,
-    names: Names = None,
+    names: MetricNamesDep,
     since_step: SinceStep = None,
     format: Literal["json", "csv"] = "json",
 ) -> MetricsOut | Response:
     """`{"job_id", "series": {name: {"steps", "values"}}}`; non-finite values are null."""
     job_repo.get(session, job_id=job_id)
-    wanted = _names(names)
+    wanted = names or None
     series = metric_repo.read_series(session, job_id=job_id, names=wanted, since_step=since_step)
     if wanted and set(wanted) - set(series):
         metric_repo.check_names(session, job_id=job_id, wanted=wanted)

@@ -1,0 +1,166 @@
+"""Model operations on the service's side: encode, reconstruct, score, predict, generate, and
+pictures, from a model reference and a request body to the answer's arrays.
+
+An operation the model's kind does not serve is a 409 `unsupported_operation` naming what it
+serves; rows that do not fit the model are a 422 naming the expected shape. Rows are raw: the
+model applies its own preprocessing. Concurrent requests for one model are micro-batched
+(`THERMOML_BATCHING`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+
+from ml.core.serving import UnsupportedOperation
+from service import bodies, prom
+from service.config import Settings
+from service.errors import ServiceError
+from service.inference import ModelCache, ModelInfo, Sessions
+
+# The array an operation answers with first (a `.npy` answer holds only it).
+PRIMARY = {
+    "encode": "latents",
+    "reconstruct": "reconstructions",
+    "score": "scores",
+    "predict": "clusters",
+    "generate": "samples",
+}
+ROW_OPERATIONS = ("encode", "reconstruct", "score", "predict")
+
+
+async def model_info(cache: ModelCache, sessions: Sessions, ref: str) -> ModelInfo:
+    """What `ref` names, from the cache's memory when it is recent (no thread hop)."""
+    return cache.known(ref) or await run_in_threadpool(cache.resolve, sessions, ref)
+
+
+def check_serves(info: ModelInfo, ref: str, operation: str) -> None:
+    if operation not in info.capabilities:
+        raise ServiceError(
+            "unsupported_operation",
+            f"model {ref!r} ({info.kind}) does not serve {operation}; it serves "
+            f"{', '.join(info.capabilities) or 'nothing'}",
+            {"serves": info.capabilities},
+        )
+
+
+async def run_rows(
+    cache: ModelCache,
+    sessions: Sessions,
+    settings: Settings,
+    *,
+    ref: str,
+    operation: str,
+    body: Callable[[], Awaitable[bytes]],
+    content_type: str,
+) -> dict[str, Any]:
+    """One row operation: the model resolved and checked, then the body read and shaped, then
+    computed (micro-batched when batching is on)."""
+    cache.in_flight += 1
+    try:
+        info = await model_info(cache, sessions, ref)
+        check_serves(info, ref, operation)
+        raw = bodies.read_rows(await body(), content_type, max_columns=math.prod(info.input_shape))
+        x = shape_rows(raw, info, settings.max_inference_rows)
+        started = time.perf_counter()
+        try:
+            answer = await _compute(cache, settings, info, operation, x)
+        except UnsupportedOperation as exc:
+            raise ServiceError("unsupported_operation", str(exc)) from exc
+        prom.observe_inference(info.kind, len(x), time.perf_counter() - started)
+        return answer
+    finally:
+        cache.in_flight -= 1
+
+
+async def _compute(
+    cache: ModelCache, settings: Settings, info: ModelInfo, operation: str, x: np.ndarray
+) -> dict[str, Any]:
+    if not settings.batching:
+        servable = await run_in_threadpool(cache.get, info)
+        return await run_in_threadpool(servable.run, operation, x)
+    batcher = cache.ready_batcher(info, operation)
+    if batcher is None:  # the model is not loaded yet: loading blocks
+        batcher = await run_in_threadpool(
+            cache.batcher, info, operation, settings.batch_max_rows, settings.batch_max_wait
+        )
+    return await batcher.submit(x, alone=cache.in_flight == 1)
+
+
+def shape_rows(raw: np.ndarray | list[Any], info: ModelInfo, limit: int) -> np.ndarray:
+    """Rows as a float32 array of the model's input shape (flat rows are reshaped); 422 for
+    too many rows, another shape, or a non-finite number."""
+    if len(raw) > limit:
+        raise ServiceError(
+            "validation_error", f"{len(raw)} rows is more than the limit of {limit} per request"
+        )
+    expected = [int(s) for s in info.input_shape]
+    try:
+        x = np.asarray(raw, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise ServiceError(
+            "validation_error",
+            f"inputs must be a list of numeric rows of shape {expected}: {exc}",
+            {"expected_shape": expected},
+        ) from None
+    size = int(np.prod(expected)) if expected else 0
+    if x.ndim == 0 or len(x) == 0:
+        raise ServiceError("validation_error", "send at least one row")
+    if list(x.shape[1:]) != expected:
+        if x.ndim == 2 and x.shape[1] == size:
+            x = x.reshape(len(x), *expected)
+        else:
+            raise ServiceError(
+                "validation_error",
+                f"each row must have shape {expected} (or {size} numbers); got rows of shape "
+                f"{list(x.shape[1:])}",
+                {"expected_shape": expected, "got_shape": list(x.shape[1:])},
+            )
+    if not np.isfinite(x).all():  # the per-row check only when one fails: it costs 10x
+        bad = int(np.argmin(np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        raise ServiceError("validation_error", f"row {bad} holds a non-finite number")
+    return x
+
+
+async def generate(
+    cache: ModelCache, sessions: Sessions, settings: Settings, *, ref: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """`options["n"]` samples (with the request's seed, sampler and steps)."""
+    n = int(options["n"])
+    if n > settings.max_generate:
+        raise ServiceError(
+            "validation_error", f"n = {n} is more than the limit of {settings.max_generate}"
+        )
+    info = await model_info(cache, sessions, ref)
+    check_serves(info, ref, "generate")
+    servable = await run_in_threadpool(cache.get, info)
+    started = time.perf_counter()
+    try:
+        answer = await run_in_threadpool(lambda: servable.run("generate", None, **options))
+    except UnsupportedOperation as exc:
+        raise ServiceError("unsupported_operation", str(exc)) from exc
+    except ValueError as exc:
+        raise ServiceError("validation_error", str(exc)) from exc
+    prom.observe_inference(info.kind, n, time.perf_counter() - started)
+    return answer  # type: ignore[no-any-return]
+
+
+async def picture(cache: ModelCache, sessions: Sessions, *, ref: str, name: str) -> bytes:
+    """The PNG of one of the pictures the model's kind draws; 404 naming those it has."""
+    info = await run_in_threadpool(lambda: cache.resolve(sessions, ref, fresh=True))
+    if name not in info.pictures:
+        raise ServiceError(
+            "not_found",
+            f"model {ref!r} has no picture {name!r}; it has {', '.join(info.pictures) or 'none'}",
+            {"pictures": info.pictures},
+        )
+    servable = await run_in_threadpool(cache.get, info)
+    draw = getattr(servable, "picture", None)
+    if draw is None:
+        raise ServiceError("not_found", f"model {ref!r} draws no pictures")
+    return await run_in_threadpool(draw, name)  # type: ignore[no-any-return]
