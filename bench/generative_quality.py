@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from bench.common import table, write_report
-from ml import sample_quality as sq
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.registry import get_kind
 from ml.core.reporting import MemoryReporter, RunContext, RunOutcome
+from ml.generative import sample_quality as sq
 from ml.generative import shared as generative
 
 KINDS = ("gan", "diffusion")

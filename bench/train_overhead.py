@@ -24,7 +24,7 @@ over the repeats, the ratio of medians to `model.fit` and the median of the per-
 `model.fit` runs with Keras's defaults (`jit_compile="auto"`, which is off on a CPU-only
 machine, and `steps_per_execution=1`); the report records both. Each timing leaves out the
 compiling epoch(s): both are timed from the end of a warm-up epoch to the end of the last one
-(`fit` through a callback, the `Trainer` through `on_epoch_end`), and the `Trainer`'s warm-up
+(each loop through an `on_epoch_end` callback), and the `Trainer`'s warm-up
 runs past its first measuring step. The `Trainer`'s epochs include its end-of-epoch loss
 evaluation (up to 2048 rows, no training-time randomness): that is part of its loop. Not
 included: validation, checkpoints, the diffusion kind's per-epoch bound.
@@ -59,10 +59,10 @@ from ml.anomaly.vae import VaeParams
 from ml.core.datasets import load_builtin
 from ml.core.reporting import MemoryReporter
 from ml.core.splits import split_indices
-from ml.core.training import Trainer
+from ml.core.training import Callback, Trainer
 from ml.core.training_config import TelemetryConfig, TrainingConfig
-from ml.diffusion_model import DiffusionObjective, EmaTrainer, chain_of
-from ml.kinds.diffusion import DiffusionParams, DiffusionTraining
+from ml.generative.diffusion import DiffusionParams, DiffusionTraining
+from ml.generative.diffusion_model import DiffusionObjective, EmaTrainer, chain_of
 
 LOOPS = ("model.fit", "thermoml", "thermoml (no telemetry)")
 LEARNING_RATE = 1e-3  # the Trainer's default Adam rate
@@ -213,6 +213,19 @@ def fit_plain(case: Case, epochs: int) -> tuple[float, dict[str, Any]]:
     return len(case.x) * epochs / (ends[-1] - ends[0]), settings
 
 
+class EpochClock(Callback):
+    """The seconds of each epoch, end to end."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.last = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int, logs: dict[str, float]) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+
+
 def fit_thermoml(case: Case, epochs: int, telemetry: bool) -> float:
     # Warm up past the first telemetry step too: tracing the measuring step is a one-off cost.
     warm = math.ceil(TelemetryConfig().every_steps / math.ceil(len(case.x) / case.batch)) + 1
@@ -225,16 +238,9 @@ def fit_thermoml(case: Case, epochs: int, telemetry: bool) -> float:
         }
     )
     trainer = case.trainer(case.objective(), config)
-    times: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick(epoch: int, step: int) -> None:
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
-
-    trainer.fit(case.x, None, on_epoch_end=tick)
-    return len(case.x) * epochs / sum(times[warm:])
+    clock = EpochClock()
+    trainer.fit(case.x, None, callbacks=[clock])
+    return len(case.x) * epochs / sum(clock.times[warm:])
 
 
 def run_loop(case: Case, loop: str, epochs: int, settings: dict[str, Any]) -> float:

@@ -1,3 +1,3 @@
 """Generative models: GANs and diffusion probabilistic models."""
 
-KIND_MODULES: tuple[str, ...] = ()
+KIND_MODULES: tuple[str, ...] = ("diffusion", "gan")

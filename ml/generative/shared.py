@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ml.core.preprocessing import Scaler
-from ml.core.reporting import JobFailed, RunContext
+from ml.core.reporting import JobFailed, ModelOutcome, RunContext
 from ml.core.serving import UnsupportedOperation, png
 from ml.core.splits import split_indices
 
@@ -80,7 +80,7 @@ def prepare(spec: Any, context: RunContext, evaluation_split: float) -> Generati
 
 def sample_quality(data: GenerativeData, generated: np.ndarray, seed: int) -> dict[str, Any]:
     """The model's samples (raw units) against held-out half A, beside half B against A."""
-    from ml import sample_quality as sq
+    from ml.generative import sample_quality as sq
 
     if len(data.held_out_a) < 2:
         return {}
@@ -101,6 +101,37 @@ def save_reference(data: GenerativeData, folder: Path) -> Path:
     path = folder / "reference.npz"
     np.savez(path, x=data.held_out_a[:REFERENCE_ROWS].astype(np.float32))
     return path
+
+
+def model_outcome(
+    data: GenerativeData,
+    context: RunContext,
+    network: tuple[str, str, Any],
+    *,
+    capabilities: list[str],
+    calibration: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> ModelOutcome:
+    """Save the served network, `(file key, file name, Keras model)`, and the reference rows
+    in the job's `model` folder; the model as a run's outcome names it."""
+    key, name, model = network
+    folder = context.workdir / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / name)
+    return ModelOutcome(
+        files={key: folder / name, "reference": save_reference(data, folder)},
+        input_shape=list(data.input_shape),
+        capabilities=capabilities,
+        preprocessing=data.scaler.to_dict(),
+        calibration=calibration,
+        evaluation=evaluation,
+        pictures=["samples"],
+    )
+
+
+def result_quality(quality: dict[str, Any]) -> dict[str, Any]:
+    """The sample-quality numbers a job's result repeats (not the per-sample lists)."""
+    return {k: v for k, v in quality.items() if not k.startswith(("generated", "evaluation"))}
 
 
 def draw_samples(samples: np.ndarray, reference: np.ndarray | None, title: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Sample-quality metrics (ml.sample_quality) on distributions with known answers."""
+"""Sample-quality metrics (ml.generative.sample_quality) on distributions with known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from ml import sample_quality as sq
+from ml.generative import sample_quality as sq
 
 REPLICATES, N = 10, 400
 

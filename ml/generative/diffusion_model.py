@@ -1,7 +1,8 @@
 """Diffusion models in TensorFlow: the ε-network, its training objective (L_simple) through the
 shared Trainer with EMA weights, the per-epoch bound, and the serving side.
 
-The chain's maths live in `ml.diffusion` (NumPy); this module adds only what needs a network.
+The chain's maths live in `ml.generative.diffusion_maths` (NumPy); this module adds only what
+needs a network.
 Imported inside the `diffusion` kind's `run` and `load`, never at start-up.
 """
 
@@ -15,11 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.core.training import Trainer, configure_determinism, device_name
-from ml.diffusion import GaussianDiffusion
-from ml.diffusion_networks import build_eps_network, time_embedding
+from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.training import Callback, FitResult, Trainer, configure_determinism, device_name
 from ml.generative import shared as generative
+from ml.generative.diffusion_maths import GaussianDiffusion
+from ml.generative.diffusion_networks import build_eps_network, time_embedding
 
 MODEL_FILE = "eps_model.keras"
 VARIANCE_FLOOR = 1e-6  # per-dimension data variance floor for the entropy production
@@ -160,100 +161,66 @@ def chain_of(params: Any) -> GaussianDiffusion:
     )
 
 
-def train_diffusion(
-    spec: Any, reporter: Reporter, context: RunContext, capabilities: list[str]
-) -> RunOutcome:
-    from ml.anomaly.scoring import threshold
+class BoundMetrics(Callback):
+    """At each epoch's end, the bound on held-out rows through the EMA network: the
+    `nll_bound_nats` and `nll_bound_bits_per_dim` points (data units)."""
 
-    params, training = spec.params, spec.training
-    configure_determinism(training)
-    data = generative.prepare(spec, context, params.evaluation_split)
-    shape = data.input_shape
-    dims = int(np.prod(shape))
-    chain = chain_of(params)
-    try:
-        objective = DiffusionObjective(params, shape, chain)
-    except ValueError as exc:
-        raise JobFailed("invalid_data", str(exc)) from exc
-    log_jacobian = data.scaler.log_abs_det_jacobian()
+    def __init__(
+        self,
+        chain: GaussianDiffusion,
+        eps_fn: EpsFunction,
+        rows: np.ndarray,
+        strata: int,
+        log_jacobian: float,
+        reporter: Reporter,
+    ) -> None:
+        self.chain, self.eps_fn, self.rows, self.strata = chain, eps_fn, rows, strata
+        self.log_jacobian, self.reporter = log_jacobian, reporter
+        self.dims = int(np.prod(rows.shape[1:]))
 
-    # The forward chain's entropy production for the data's moments (per dimension, scaled
-    # units): a metric series over t = 1..T, and stored with the model.
+    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int, logs: dict[str, float]) -> None:
+        nats = bound_nats(
+            self.chain, self.eps_fn, self.rows, self.strata, seed=BOUND_SEED, shared_noise=False
+        )
+        mean = float(nats.mean()) + self.log_jacobian
+        bits = mean / (self.dims * math.log(2))
+        self.reporter.metrics(step, {"nll_bound_bits_per_dim": bits, "nll_bound_nats": mean})
+
+
+def forward_entropy_production(
+    data: generative.GenerativeData, chain: GaussianDiffusion, reporter: Reporter
+) -> np.ndarray:
+    """The forward chain's entropy production for the data's moments (per dimension, scaled
+    units), reported as a metric series over t = 1..T."""
     flat = data.train.reshape(len(data.train), -1).astype(np.float64)
     variance = np.maximum(flat.var(axis=0), VARIANCE_FLOOR)
     sigma = chain.entropy_production(flat.mean(axis=0), variance)
     for t, value in enumerate(sigma, start=1):
         reporter.metrics(t, {"forward_entropy_production": float(value)})
+    return sigma
 
-    trainer = EmaTrainer(
-        objective,
-        training,
-        reporter,
-        decay=params.ema_decay,
-        extra_metrics=lambda extras: {"loss_simple": extras.get("loss_simple", math.nan)},
-    )
-    ema_fn = EpsFunction(objective.ema, shape, params.time_embedding, chain.T)
-    held = data.validation if len(data.validation) else data.train
-    bound_rows = held[: params.bound_rows]
 
-    def bound_metrics(epoch: int, step: int) -> None:
-        nats = bound_nats(
-            chain, ema_fn, bound_rows, params.bound_timesteps, seed=BOUND_SEED, shared_noise=False
-        )
-        mean = float(nats.mean()) + log_jacobian
-        reporter.metrics(
-            step,
-            {"nll_bound_bits_per_dim": mean / (dims * math.log(2)), "nll_bound_nats": mean},
-        )
+def model_entropy_lower_bound(
+    chain: GaussianDiffusion, held: np.ndarray, bound: np.ndarray
+) -> float:
+    """A model-based lower bound on the chain's whole entropy production (scaled units), from
+    the bound per held-out row (nats, scaled units).
 
-    resumed = trainer.restore_checkpoint(context.checkpoint_dir, objective.load_weights)
-    fit = trainer.fit(
-        data.train,
-        data.validation if len(data.validation) else None,
-        checkpoint_dir=context.checkpoint_dir,
-        save_weights=objective.save_weights,
-        on_epoch_end=bound_metrics,
-    )
+    Σσ_t = KL(q_0‖π) − KL(q_T‖π) ≥ E[−ln π(x_0)] − E[bound] − E[L_T], since the bound is at
+    least the data's entropy and KL(q_T‖π) ≤ E[L_T]. Unlike the Gaussian closed form it sees
+    the data's shape (its manifold), not only the first two moments."""
+    flat = held.reshape(len(held), -1).astype(np.float64)
+    prior_nll = 0.5 * (flat**2).sum(axis=1) + 0.5 * flat.shape[1] * math.log(2 * math.pi)
+    return float(prior_nll.mean() - bound.mean() - chain.prior_term(flat).mean())
 
-    # Calibration: the bound per row on held-out rows, with the draws serving will use.
-    scores = (
-        bound_nats(chain, ema_fn, held, params.bound_timesteps, seed=SCORE_SEED, shared_noise=True)
-        + log_jacobian
-    )
-    cut = threshold(scores, params.contamination, params.target_fpr)
-    n_eval = len(data.held_out_b)
-    rng = np.random.default_rng([training.seed, 2])
-    generated = data.scaler.inverse_transform(
-        sample(chain, ema_fn, shape, n_eval, rng).astype(np.float32)
-    )
-    quality = generative.sample_quality(data, generated, training.seed)
-    folder = context.workdir / "model"
-    folder.mkdir(parents=True, exist_ok=True)
-    objective.ema.save(folder / MODEL_FILE)
-    files = {"eps_model": folder / MODEL_FILE, "reference": generative.save_reference(data, folder)}
-    bound_bits = float(scores.mean()) / (dims * math.log(2))
-    # A model-based lower bound on the chain's whole entropy production (scaled units):
-    # Σσ_t = KL(q_0‖π) − KL(q_T‖π) ≥ E[−ln π(x_0)] − E[bound] − E[L_T], since the bound is at
-    # least the data's entropy and KL(q_T‖π) ≤ E[L_T]. Unlike the Gaussian closed form it sees
-    # the data's shape (its manifold), not only the first two moments.
-    held_flat = held.reshape(len(held), -1).astype(np.float64)
-    prior_nll = 0.5 * (held_flat**2).sum(axis=1) + 0.5 * dims * math.log(2 * math.pi)
-    model_sigma = float(
-        prior_nll.mean() - (scores - log_jacobian).mean() - chain.prior_term(held_flat).mean()
-    )
-    evaluation = {
-        **quality,
-        "nll_bound_bits_per_dim": bound_bits,
-        "entropy_production_total": float(sigma.sum()),
-        "entropy_production_per_step": [float(s) for s in sigma],
-        "entropy_production_gaussian": "per dimension (diagonal), scaled units",
-        "entropy_production_model_lower_bound": model_sigma,
-    }
-    calibration = {
+
+def calibration_of(params: Any, cut: float, rows: int, log_jacobian: float) -> dict[str, Any]:
+    """What serving needs to rebuild the chain and score rows against the threshold."""
+    return {
         "threshold": cut,
         "contamination": params.contamination,
         "target_fpr": params.target_fpr,
-        "calibration_rows": len(held),
+        "calibration_rows": rows,
         "score": "nll_bound_nats (variational bound on −ln p(x), data units)",
         "schedule": params.schedule,
         "timesteps": params.timesteps,
@@ -263,14 +230,96 @@ def train_diffusion(
         "bound_timesteps": params.bound_timesteps,
         "log_jacobian": log_jacobian,
     }
-    model = ModelOutcome(
-        files=files,
-        input_shape=list(shape),
+
+
+def build_objective(
+    params: Any, shape: tuple[int, ...], chain: GaussianDiffusion
+) -> DiffusionObjective:
+    try:
+        return DiffusionObjective(params, shape, chain)
+    except ValueError as exc:
+        raise JobFailed("invalid_data", str(exc)) from exc
+
+
+def fit_diffusion(
+    spec: Any,
+    reporter: Reporter,
+    context: RunContext,
+    data: generative.GenerativeData,
+    objective: DiffusionObjective,
+    bound: BoundMetrics,
+) -> tuple[FitResult, bool]:
+    """Train the ε-network with EMA weights, resuming from the job's checkpoint."""
+    trainer = EmaTrainer(
+        objective,
+        spec.training,
+        reporter,
+        decay=spec.params.ema_decay,
+        extra_metrics=lambda extras: {"loss_simple": extras.get("loss_simple", math.nan)},
+    )
+    resumed = trainer.restore_checkpoint(context.checkpoint_dir, objective.load_weights)
+    fit = trainer.fit(
+        data.train,
+        data.validation if len(data.validation) else None,
+        checkpoint_dir=context.checkpoint_dir,
+        save_weights=objective.save_weights,
+        callbacks=[bound],
+    )
+    return fit, resumed
+
+
+def train_diffusion(
+    spec: Any, reporter: Reporter, context: RunContext, capabilities: list[str]
+) -> RunOutcome:
+    from ml.anomaly.scoring import threshold
+
+    params, training = spec.params, spec.training
+    configure_determinism(training)
+    data = generative.prepare(spec, context, params.evaluation_split)
+    shape, chain = data.input_shape, chain_of(params)
+    objective = build_objective(params, shape, chain)
+    log_jacobian = data.scaler.log_abs_det_jacobian()
+    sigma = forward_entropy_production(data, chain, reporter)  # also stored with the model
+    ema_fn = EpsFunction(objective.ema, shape, params.time_embedding, chain.T)
+    held = data.validation if len(data.validation) else data.train
+    fit, resumed = fit_diffusion(
+        spec,
+        reporter,
+        context,
+        data,
+        objective,
+        BoundMetrics(
+            chain, ema_fn, held[: params.bound_rows], params.bound_timesteps, log_jacobian, reporter
+        ),
+    )
+
+    # Calibration: the bound per row on held-out rows, with the draws serving will use.
+    bound = bound_nats(
+        chain, ema_fn, held, params.bound_timesteps, seed=SCORE_SEED, shared_noise=True
+    )
+    scores = bound + log_jacobian
+    cut = threshold(scores, params.contamination, params.target_fpr)
+    rng = np.random.default_rng([training.seed, 2])
+    generated = data.scaler.inverse_transform(
+        sample(chain, ema_fn, shape, len(data.held_out_b), rng).astype(np.float32)
+    )
+    quality = generative.sample_quality(data, generated, training.seed)
+    bound_bits = float(scores.mean()) / (int(np.prod(shape)) * math.log(2))
+    evaluation = {
+        **quality,
+        "nll_bound_bits_per_dim": bound_bits,
+        "entropy_production_total": float(sigma.sum()),
+        "entropy_production_per_step": [float(s) for s in sigma],
+        "entropy_production_gaussian": "per dimension (diagonal), scaled units",
+        "entropy_production_model_lower_bound": model_entropy_lower_bound(chain, held, bound),
+    }
+    model = generative.model_outcome(
+        data,
+        context,
+        ("eps_model", MODEL_FILE, objective.ema),
         capabilities=capabilities,
-        preprocessing=data.scaler.to_dict(),
-        calibration=calibration,
+        calibration=calibration_of(params, cut, len(held), log_jacobian),
         evaluation=evaluation,
-        pictures=["samples"],
     )
     result = {
         **fit.summary(resumed=resumed),
@@ -278,7 +327,7 @@ def train_diffusion(
         "nll_bound_bits_per_dim": bound_bits,
         "entropy_production_total": float(sigma.sum()),
         "energy_units": "training loss: L_simple, ‖ε − ε_θ‖² summed over dimensions",
-        **{k: v for k, v in quality.items() if not k.startswith(("generated", "evaluation"))},
+        **generative.result_quality(quality),
     }
     return RunOutcome(result=result, device=device_name(), model=model)
 

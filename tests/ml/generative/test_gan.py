@@ -12,9 +12,9 @@ import pytest
 
 from ml.core.datasets import Dataset
 from ml.core.reporting import MemoryReporter, RunOutcome
-from ml.kinds.gan import GanParams
-from tests.ml.kinds.test_autoencoder import serve, train
-from tests.ml.kinds.test_diffusion import subset
+from ml.generative.gan import GanParams
+from tests.ml.anomaly.test_autoencoder import serve, train
+from tests.ml.generative.test_diffusion import subset
 
 SMALL = {"latent_dim": 8, "generator_hidden": [32, 32], "discriminator_hidden": [32, 32]}
 FAST = {
@@ -90,7 +90,7 @@ def test_generate_is_seeded_and_within_the_data_range(
 
 
 def test_the_default_networks_are_the_seed_articles() -> None:
-    from ml.gan import Players
+    from ml.generative.gan_model import Players
 
     players = Players(GanParams(), (784,), tanh=True)
     dense = [w.shape for w in players.generator.weights if len(w.shape) == 2]

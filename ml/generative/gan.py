@@ -89,9 +89,9 @@ SERVES = frozenset({"generate"})
     category="model",
     serves=SERVES,
     pictures=frozenset({"samples"}),
-    servable="ml.gan:GanServable",
+    servable="ml.generative.gan_model:GanServable",
 )
 def run(spec: GanSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.gan import train_gan
+    from ml.generative.gan_model import train_gan
 
     return train_gan(spec, reporter, context, sorted(SERVES))

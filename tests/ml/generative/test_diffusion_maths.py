@@ -1,5 +1,6 @@
-"""The diffusion chain's maths (ml.diffusion): schedules, forward process, posterior, samplers,
-the bound, and the closed-form entropy production (THERMODYNAMICS.md section B)."""
+"""The diffusion chain's maths (ml.generative.diffusion_maths): schedules, forward process,
+posterior, samplers, the bound, and the closed-form entropy production (THERMODYNAMICS.md
+section B)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from ml.diffusion import (
+from ml.generative.diffusion_maths import (
     BETA_MAX,
     GaussianDiffusion,
     betas_for,

@@ -12,7 +12,7 @@ import pytest
 
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.reporting import MemoryReporter, RunOutcome
-from tests.ml.kinds.test_autoencoder import serve, train
+from tests.ml.anomaly.test_autoencoder import serve, train
 
 TINY = {"timesteps": 40, "schedule": "sohl_dickstein", "hidden": [32, 32], "bound_timesteps": 100}
 FAST = {

@@ -111,11 +111,11 @@ SERVES = frozenset({"generate", "score"})
     category="model",
     serves=SERVES,
     pictures=frozenset({"samples"}),
-    servable="ml.diffusion_model:DiffusionServable",
+    servable="ml.generative.diffusion_model:DiffusionServable",
 )
 def run(spec: DiffusionSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.core.training import job_devices
-    from ml.diffusion_model import train_diffusion
+    from ml.generative.diffusion_model import train_diffusion
 
     with job_devices(spec.resources):
         return train_diffusion(spec, reporter, context, sorted(SERVES))

@@ -24,15 +24,15 @@ import numpy as np
 import tensorflow as tf
 
 from ml.core.networks import use_conv
-from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.training import Trainer, configure_determinism, device_name
-from ml.gan_networks import (
+from ml.generative import shared as generative
+from ml.generative.gan_networks import (
     conv_discriminator,
     conv_generator,
     dense_discriminator,
     dense_generator,
 )
-from ml.generative import shared as generative
 
 MODEL_FILE = "generator.keras"
 LOOP_STATE = "gan.json"
@@ -73,16 +73,27 @@ class Players:
         self.network(name).load_weights(folder / f"{name}.weights.h5")
 
 
-class DiscriminatorObjective:
-    """Per example: BCE(D(x_i), 1 − s) + BCE(D(G(z_i)), 0), the generator fixed."""
+class PlayerObjective:
+    """One player's loss with the other player held fixed: trains `player`'s variables."""
 
-    def __init__(self, players: Players, label_smoothing: float) -> None:
+    player = ""
+
+    def __init__(self, players: Players) -> None:
         self.players = players
-        self.target = 1.0 - label_smoothing
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
-        return list(self.players.discriminator.trainable_variables)
+        return list(self.players.network(self.player).trainable_variables)
+
+
+class DiscriminatorObjective(PlayerObjective):
+    """Per example: BCE(D(x_i), 1 − s) + BCE(D(G(z_i)), 0), the generator fixed."""
+
+    player = "discriminator"
+
+    def __init__(self, players: Players, label_smoothing: float) -> None:
+        super().__init__(players)
+        self.target = 1.0 - label_smoothing
 
     def per_example_loss(
         self, x: tf.Tensor, seed: tf.Tensor, training: bool
@@ -104,16 +115,11 @@ class DiscriminatorObjective:
         }
 
 
-class GeneratorObjective:
+class GeneratorObjective(PlayerObjective):
     """Per example: −ln D(G(z_i)) (the non-saturating loss), the discriminator fixed; x only
     sets how many z are drawn."""
 
-    def __init__(self, players: Players) -> None:
-        self.players = players
-
-    @property
-    def trainable_variables(self) -> list[tf.Variable]:
-        return list(self.players.generator.trainable_variables)
+    player = "generator"
 
     def per_example_loss(
         self, x: tf.Tensor, seed: tf.Tensor, training: bool
@@ -169,14 +175,11 @@ class GanLoop:
         self.last["g_loss"] = extras["player_loss"]
         return {"loss": extras["player_loss"]}
 
-    # The Trainers' compiled steps are driven one at a time here (`Trainer.fit` runs one
-    # objective's loop): `_train_step`, `_measure_step` and `_record` are its step-level parts.
+    # Each Trainer's steps are driven one at a time here (`Trainer.fit` runs one objective's
+    # loop): `prepare`, `step`, `measuring_step` and `record` are its step-level parts.
     def _prepare(self, x: np.ndarray) -> None:
         for trainer in self.trainers.values():
-            restored = getattr(trainer, "_restored_extras", {})
-            for name in trainer._extra_names(x):
-                initial = float(restored.get(name, 0.0))
-                trainer.extra_sums[name] = tf.Variable(initial, dtype=tf.float64, trainable=False)
+            trainer.prepare(x)
 
     def restore(self, folder: Path) -> bool:
         state = folder / LOOP_STATE
@@ -220,17 +223,17 @@ class GanLoop:
                 for j in range(self.d_steps):
                     real = tf.constant(batches[i * self.d_steps + j])
                     if measure and j == self.d_steps - 1:
-                        measured_d = self.d._measure_step(real)
+                        measured_d = self.d.measuring_step(real)
                     else:
-                        self.d._train_step(real)
+                        self.d.step(real)
                 if measure:
-                    measured_g = self.g._measure_step(real)
+                    measured_g = self.g.measuring_step(real)
                 else:
-                    self.g._train_step(real)
+                    self.g.step(real)
                 self.iteration += 1
                 if measure:
-                    self.d._record(self.iteration, measured_d, batch)
-                    self.g._record(self.iteration, measured_g, batch)
+                    self.d.record(self.iteration, measured_d, batch)
+                    self.g.record(self.iteration, measured_g, batch)
                     self.reporter.metrics(
                         self.iteration, {"jsd_lower_bound": self.last["jsd_lower_bound"]}
                     )
@@ -284,18 +287,13 @@ def train_gan(
     servable = GanServable.from_models(players.generator, data, tanh, capabilities)
     generated = servable.generate(n=len(data.held_out_b), seed=training.seed)["samples"]
     quality = generative.sample_quality(data, generated, training.seed)
-    folder = context.workdir / "model"
-    folder.mkdir(parents=True, exist_ok=True)
-    players.generator.save(folder / MODEL_FILE)
-    files = {"generator": folder / MODEL_FILE, "reference": generative.save_reference(data, folder)}
-    model = ModelOutcome(
-        files=files,
-        input_shape=list(shape),
+    model = generative.model_outcome(
+        data,
+        context,
+        ("generator", MODEL_FILE, players.generator),
         capabilities=capabilities,
-        preprocessing=data.scaler.to_dict(),
         calibration=servable.calibration,
         evaluation=quality,
-        pictures=["samples"],
     )
     result = {
         "iterations": fitted["iterations"],
@@ -304,7 +302,7 @@ def train_gan(
         "resumed": resumed,
         "energy_units": "each player's loss: mean binary cross-entropy (nats) per example",
         **loop.last,
-        **{k: v for k, v in quality.items() if not k.startswith(("generated", "evaluation"))},
+        **generative.result_quality(quality),
     }
     return RunOutcome(result=result, device=device_name(), model=model)
 
