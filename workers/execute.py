@@ -8,9 +8,10 @@ the checkpoints) -> `JobRun.run_kind` (load the data set, restore, run) -> `JobR
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,10 @@ class JobRun:
             kind_name, spec_data, job_name = job.kind, job.spec, job.name
         log.info("job %s (%s) attempt %d started on %s", job_id, kind_name, attempt, worker)
         store = ArtifactStore.from_settings(settings)
-        folder = Path(tempfile.mkdtemp(prefix=f"thermoml-{job_id[:8]}-"))
+        runtime.remove_abandoned_work(job_id)
+        folder = runtime.work_folder(job_id, os.getpid())
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
         context = RunContext(workdir=folder / "work", checkpoint_dir=folder / "checkpoints")
         context.workdir.mkdir()
         context.checkpoint_dir.mkdir()
@@ -248,3 +252,5 @@ class JobRun:
 
     def clean_up(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the job's folder, once no attempt uses it
+            self.folder.parent.rmdir()

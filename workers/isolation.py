@@ -8,9 +8,11 @@ process per task (`max_tasks_per_child=1`) cost hundreds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -86,6 +88,15 @@ def run_isolated(job_id: str, *, worker: str, time_limit: float) -> None:
     pid = os.fork()
     if pid == 0:
         _child(job_id, worker)
+    try:
+        _wait_for_child(pid, job_id, worker=worker, time_limit=time_limit)
+    finally:
+        shutil.rmtree(runtime.work_folder(job_id, pid), ignore_errors=True)
+        with contextlib.suppress(OSError):  # the job's folder, once no attempt uses it
+            runtime.work_folder(job_id, pid).parent.rmdir()
+
+
+def _wait_for_child(pid: int, job_id: str, *, worker: str, time_limit: float) -> None:
     try:
         _, status = os.waitpid(pid, 0)
     except SoftTimeLimitExceeded:

@@ -6,6 +6,10 @@ process; each job process keeps that engine but opens its own connections after 
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +29,30 @@ def sessions() -> sessionmaker[Session]:
         _engine = make_engine(get_settings().resolved_database_url)
         _sessions = make_sessionmaker(_engine)
     return _sessions
+
+
+def work_folder(job_id: str, pid: int) -> Path:
+    """Where the job process `pid` keeps its files while it works on the job: under the data
+    dir, so that its worker removes them when the process ends, even killed."""
+    return (get_settings().data_dir / "work" / job_id / str(pid)).resolve()
+
+
+def remove_abandoned_work(job_id: str) -> None:
+    """Remove what earlier attempts at the job on this host left: folders of processes gone."""
+    root = get_settings().data_dir / "work" / job_id
+    for folder in root.glob("*"):
+        if folder.name.isdigit() and not _alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publisher() -> Publisher:

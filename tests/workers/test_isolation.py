@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from pydantic import Field
@@ -21,6 +22,7 @@ from workers.isolation import run_isolated
 class KillParams(StrictModel):
     die_on_attempts: list[int] = Field(default_factory=lambda: [1])
     raise_instead: bool = False
+    note_workdir: str | None = None  # a file to write the attempt's work folder's path into
 
 
 class KillSpec(JobSpec):
@@ -28,8 +30,11 @@ class KillSpec(JobSpec):
     params: KillParams = KillParams()
 
 
-def run_suicidal(spec: KillSpec, reporter: Reporter, context: object = None) -> RunOutcome:
+def run_suicidal(spec: KillSpec, reporter: Reporter, context: Any = None) -> RunOutcome:
     reporter.metrics(0, {"pid": float(os.getpid())})
+    if spec.params.note_workdir:
+        (context.workdir / "weights.bin").write_bytes(b"w" * 1_000_000)
+        Path(spec.params.note_workdir).write_text(str(context.workdir))
     from workers.reporter import DbReporter
 
     attempt = reporter.attempt if isinstance(reporter, DbReporter) else 1
@@ -93,3 +98,18 @@ def test_a_process_that_exits_with_an_error_fails_the_job(
     run_isolated(job_id, worker="w", time_limit=60)
     job = read(job_id)
     assert job.status == "failed" and job.error_code == "internal"
+
+
+def test_an_attempt_leaves_no_files_behind_even_killed(
+    settings: Settings, suicidal: None, tmp_path: Path
+) -> None:
+    note = tmp_path / "workdir.txt"
+    job_id = make_job({"die_on_attempts": [1], "note_workdir": str(note)}, kind="suicidal")
+    run_isolated(job_id, worker="w", time_limit=60)
+    assert read(job_id).status == "queued"
+    workdir = Path(note.read_text())
+    assert workdir.is_relative_to(settings.data_dir.resolve() / "work" / job_id)
+    assert not workdir.exists()
+    run_isolated(job_id, worker="w", time_limit=60)  # the retry, which ends the job
+    assert read(job_id).status == "succeeded"
+    assert list((settings.data_dir / "work").iterdir()) == []
