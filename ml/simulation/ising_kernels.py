@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import uint64
 
-from ml.simulation.shared import xoshiro_states
+from ml.simulation.xoshiro import xoshiro_next, xoshiro_states
 
 PARALLEL_MIN_SIZE = 128  # below this a parallel region costs more than the half-sweep it runs
 _ALWAYS = 1 << 53
@@ -51,14 +51,7 @@ def _update_row(
         left = row[j - 1 if j > 0 else size - 1]
         right = row[j + 1 if j < size - 1 else 0]
         n = np.int64(up[j]) + np.int64(down[j]) + np.int64(left) + np.int64(right)
-        r = s0 + s3  # xoshiro256+, inlined: drawn for every site, so no unpredictable branch
-        t = s1 << uint64(17)
-        s2 ^= s0
-        s3 ^= s1
-        s1 ^= s2
-        s0 ^= s3
-        s2 ^= t
-        s3 = (s3 << uint64(45)) | (s3 >> uint64(19))
+        r, s0, s1, s2, s3 = xoshiro_next(s0, s1, s2, s3)  # every site: no unpredictable branch
         flip = np.int64((r >> uint64(11)) < table[((s + 1) >> 1) * 5 + ((n + 4) >> 1)])
         row[j] = s * (1 - 2 * flip)
         d_bond += 2 * s * n * flip

@@ -12,7 +12,7 @@ import numpy as np
 from numba import uint64
 
 from ml.simulation.langevin_model import LangevinParams, coefficients
-from ml.simulation.shared import xoshiro_states
+from ml.simulation.xoshiro import xoshiro_next, xoshiro_states
 
 RNG_BLOCKS = 64
 TF_STREAM = 1  # the label of the walkers' stateless stream, see `tf_backend.stream_key`
@@ -53,16 +53,7 @@ def seed_states(seed: int, streams: int) -> np.ndarray:
 
 @numba.njit(inline="always")
 def _next(st: np.ndarray) -> Any:
-    s0, s1, s2, s3 = st[0], st[1], st[2], st[3]
-    result = s0 + s3
-    t = s1 << uint64(17)
-    s2 ^= s0
-    s3 ^= s1
-    s1 ^= s2
-    s0 ^= s3
-    s2 ^= t
-    s3 = (s3 << uint64(45)) | (s3 >> uint64(19))
-    st[0], st[1], st[2], st[3] = s0, s1, s2, s3
+    result, st[0], st[1], st[2], st[3] = xoshiro_next(st[0], st[1], st[2], st[3])
     return result
 
 

@@ -1,12 +1,11 @@
-"""What the simulation kinds share: how often they record a metric point, their parameter checks,
-and the seeding of their xoshiro256 streams. NumPy and pydantic only."""
+"""What the simulation kinds share: how often they record a metric point and their parameter
+checks."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 MAX_RECORDED_POINTS = 1000
@@ -32,11 +31,3 @@ def check_positive(params: BaseModel, names: tuple[str, ...]) -> None:
     for name in names:
         if getattr(params, name) <= 0:
             raise ValueError(f"{name} must be positive (got {getattr(params, name)})")
-
-
-def xoshiro_states(entropy: int | list[int], streams: int) -> np.ndarray:
-    """Independent xoshiro256 states from a seed sequence, one row of four words per stream."""
-    states = np.random.SeedSequence(entropy).generate_state(4 * streams, np.uint64)
-    states = states.reshape(streams, 4)
-    states[np.all(states == 0, axis=1), 0] = 1  # the all-zero state is xoshiro's fixed point
-    return states
