@@ -12,6 +12,7 @@ from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import TrainingConfig
+from ml.generative.params import evaluation_split_field
 
 
 class DiffusionParams(StrictModel):
@@ -57,13 +58,7 @@ class DiffusionParams(StrictModel):
         description="The score threshold is the (1 − c) quantile of held-out bounds.",
     )
     target_fpr: float | None = Field(None, gt=0, lt=1)
-    evaluation_split: float = Field(
-        0.2,
-        ge=0,
-        lt=0.9,
-        description="Rows held out for sample quality (two halves: against the model, and "
-        "against each other for the floor).",
-    )
+    evaluation_split: float = evaluation_split_field()
 
     @model_validator(mode="after")
     def _check(self) -> DiffusionParams:

@@ -12,6 +12,7 @@ from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel
 from ml.core.training_config import TrainingConfig
+from ml.generative.params import evaluation_split_field
 
 
 class GanParams(StrictModel):
@@ -43,13 +44,7 @@ class GanParams(StrictModel):
     batch_norm_momentum: float = Field(
         0.8, gt=0, lt=1, description="The generator's batch-norm momentum (the seed's 0.8)."
     )
-    evaluation_split: float = Field(
-        0.2,
-        ge=0,
-        lt=0.9,
-        description="Rows held out for sample quality (two halves: against the model, and "
-        "against each other for the floor).",
-    )
+    evaluation_split: float = evaluation_split_field()
 
     @model_validator(mode="after")
     def _check(self) -> GanParams:
