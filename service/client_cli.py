@@ -320,6 +320,12 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _list_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="the server's JSON page")
+    _connection(parser)
+
+
 def add_client_commands(subparsers: Any) -> None:
     """Add submit, jobs, watch, metrics, models and score to the `thermoml` command."""
     submit = subparsers.add_parser("submit", help="submit a job spec (JSON file, or - for stdin)")
@@ -332,9 +338,7 @@ def add_client_commands(subparsers: Any) -> None:
     jobs = subparsers.add_parser("jobs", help="list jobs, newest first")
     jobs.add_argument("--status", choices=["queued", "running", *TERMINAL])
     jobs.add_argument("--kind")
-    jobs.add_argument("--limit", type=int, default=20)
-    jobs.add_argument("--json", action="store_true", help="the server's JSON page")
-    _connection(jobs)
+    _list_options(jobs)
     jobs.set_defaults(func=_run(cmd_jobs))
 
     watch = subparsers.add_parser("watch", help="follow a job's progress until it ends")
@@ -353,9 +357,7 @@ def add_client_commands(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="list registered models")
     models.add_argument("--kind")
     models.add_argument("--name", help="all versions of this name")
-    models.add_argument("--limit", type=int, default=20)
-    models.add_argument("--json", action="store_true", help="the server's JSON page")
-    _connection(models)
+    _list_options(models)
     models.set_defaults(func=_run(cmd_models))
 
     score = subparsers.add_parser("score", help="anomaly scores of a CSV file's rows, as CSV")

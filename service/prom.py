@@ -11,9 +11,9 @@ import datetime as dt
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
@@ -39,6 +39,7 @@ from service.db.tables import Job
 from service.errors import ServiceError
 from service.queue import QUEUES, REDIS_PRIORITY_STEPS
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 disable_created_metrics()  # no `*_created` series: they double every counter's lines
@@ -162,23 +163,11 @@ class ServiceCollector(Collector):
             "Seconds since the heartbeat of the running job heard from least recently "
             "(a stuck or lost worker shows here first; -1: no running job).",
         )
-        up = GaugeMetricFamily("thermoml_database_up", "1 when the database answered the scrape.")
-        try:
-            with self.sessions() as session:
-                counts = session.execute(
-                    select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
-                ).all()
-                beats = session.execute(
-                    select(func.max(Job.heartbeat_at), func.min(Job.heartbeat_at)).where(
-                        Job.status == "running"
-                    )
-                ).one()
-        except Exception as exc:
-            log.warning("metrics: the database did not answer: %s", exc)
-            up.add_metric([], 0)
+        up, read = _probe("database", self._read_jobs)
+        if read is None:
             yield up
             return
-        up.add_metric([], 1)
+        counts, beats = read
         seen = {(kind, status) for kind, status, _ in counts}
         for kind, status, count in counts:
             jobs.add_metric([kind, status], count)
@@ -191,22 +180,45 @@ class ServiceCollector(Collector):
             family.add_metric([], _age(now, value))
         yield from (up, jobs, newest, oldest)
 
+    def _read_jobs(self) -> tuple[list[Any], Any]:
+        """Job counts by (kind, status), and the newest and oldest heartbeat of running jobs."""
+        with self.sessions() as session:
+            counts = session.execute(
+                select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
+            ).all()
+            beats = session.execute(
+                select(func.max(Job.heartbeat_at), func.min(Job.heartbeat_at)).where(
+                    Job.status == "running"
+                )
+            ).one()
+        return list(counts), beats
+
     def _queues(self) -> Iterator[Any]:
         depth = GaugeMetricFamily(
             "thermoml_queue_depth", "Messages waiting in the broker, per queue.", labels=["queue"]
         )
-        up = GaugeMetricFamily("thermoml_broker_up", "1 when the broker answered the scrape.")
-        try:
-            depths = queue_depths(self.settings)
-        except Exception as exc:
-            log.warning("metrics: the broker did not answer: %s", exc)
-            up.add_metric([], 0)
+        up, depths = _probe("broker", lambda: queue_depths(self.settings))
+        if depths is None:
             yield up
             return
-        up.add_metric([], 1)
         for queue, count in sorted(depths.items()):
             depth.add_metric([queue], count)
         yield from (up, depth)
+
+
+def _probe(dependency: str, read: Callable[[], T]) -> tuple[GaugeMetricFamily, T | None]:
+    """`thermoml_<dependency>_up` (1 when `read` answered) and what it read (None if it failed)."""
+    up = GaugeMetricFamily(
+        f"thermoml_{dependency}_up", f"1 when the {dependency} answered the scrape."
+    )
+    try:
+        value = read()
+    except Exception as exc:
+        log.warning("metrics: the %s did not answer: %s", dependency, exc)
+        up.add_metric([], 0)
+        return up, None
+    up.add_metric([], 1)
+    return up, value
 
 
 def _age(now: dt.datetime, value: dt.datetime | None) -> float:
