@@ -169,7 +169,7 @@ def warm_up() -> None:
     import keras
     import tensorflow as tf
 
-    import ml.anomaly.autoencoding  # noqa: F401  (the serving code of these models)
+    import ml.anomaly.serving  # noqa: F401  (the serving code of these models)
 
     throwaway = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)])
     tf.function(lambda x: throwaway(x, training=False))(tf.zeros((1, 4)))

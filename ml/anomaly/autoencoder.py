@@ -3,16 +3,17 @@ normal data, and the thermodynamic training telemetry of every gradient-trained 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from ml.anomaly.scoring import run_autoencoding
 from ml.core.registry import register_kind
-from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import TrainingConfig
+
+if TYPE_CHECKING:
+    from ml.anomaly.autoencoding import AutoencoderObjective
 
 Activation = Literal["relu", "elu", "gelu", "selu", "tanh", "leaky_relu", "sigmoid"]
 Labels = int | list[int] | None
@@ -69,6 +70,17 @@ class AutoencoderParams(StrictModel):
             return "sigmoid" if self.reconstruction_loss == "binary_crossentropy" else "linear"
         return self.output_activation
 
+    @property
+    def unit_interval_inputs(self) -> bool:
+        """Whether the loss needs scaled inputs in [0, 1]."""
+        return self.resolved_loss == "binary_crossentropy"
+
+    def objective(self, input_shape: tuple[int, ...]) -> AutoencoderObjective:
+        """The training objective these params describe, for rows of `input_shape`."""
+        from ml.anomaly.autoencoding import AutoencoderObjective
+
+        return AutoencoderObjective(self, input_shape)
+
 
 class AutoencoderSpec(JobSpec):
     kind: Literal["autoencoder"]
@@ -88,26 +100,11 @@ AutoencoderSpec.example = {
     "training": {"epochs": 30, "batch_size": 32, "seed": 0},
 }
 
-SERVES = frozenset({"encode", "reconstruct", "score"})
-
-
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.anomaly.autoencoding import AutoencodingServable
-
-    return AutoencodingServable("autoencoder", files, meta)
-
-
-@register_kind(
+register_kind(
     name="autoencoder",
     spec=AutoencoderSpec,
     summary="An autoencoder for representation learning and anomaly scores.",
     category="model",
-    serves=SERVES,
-    load=load,
-)
-def run(spec: AutoencoderSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.anomaly.scoring import train_autoencoding
-    from ml.core.training import job_devices
-
-    with job_devices(spec.resources):
-        return train_autoencoding("autoencoder", spec, reporter, context, sorted(SERVES))
+    serves=frozenset({"encode", "reconstruct", "score"}),
+    servable="ml.anomaly.serving:AutoencoderServable",
+)(run_autoencoding)

@@ -1,12 +1,16 @@
-"""Autoencoders and VAEs: objectives, scoring and the serving side (TensorFlow inside).
+"""Autoencoders and VAEs in training: their objectives, likelihoods and saved artifacts
+(TensorFlow inside).
 
-Imported only by `ml/kinds/autoencoder.py` and `ml/kinds/vae.py` inside their `run` and
-`load`, so TensorFlow never loads where the kinds' specs are merely validated.
+Imported only inside the kinds' `run` (through their params' `objective`), by the serving side
+and by the clustering kinds that pre-train an autoencoder, so TensorFlow never loads where the
+kinds' specs are merely validated. What differs between the autoencoder and the VAE in training,
+calibration and reporting is said by their objective classes here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from ml.core.networks import (
     use_conv,
     with_heads,
 )
-from ml.core.serving import UnsupportedOperation
+from ml.core.preprocessing import Scaler
 
 LOG_2PI = math.log(2 * math.pi)
 VARIANCE_FLOOR = 1e-6
@@ -31,9 +35,35 @@ VARIANCE_FLOOR = 1e-6
 # the training data (an image's border pixels) would otherwise drive σ to 0 and its density to ∞.
 LOG_SIGMA_MIN = -3.0
 
+ScoreFn = Callable[[tf.Tensor], tf.Tensor]
+ExtraMetrics = Callable[[dict[str, float]], dict[str, float]]
+
+
+def gaussian_nll(x: tf.Tensor, mean: tf.Tensor, log_sigma: tf.Tensor) -> tf.Tensor:
+    """−ln N(x; mean, σ²) per element, with ln σ clipped to [LOG_SIGMA_MIN, −LOG_SIGMA_MIN]."""
+    log_sigma = tf.clip_by_value(log_sigma, LOG_SIGMA_MIN, -LOG_SIGMA_MIN)
+    return 0.5 * tf.square((x - mean) * tf.exp(-log_sigma)) + log_sigma + 0.5 * LOG_2PI
+
+
+def bernoulli_nll(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """−ln Bernoulli(x; sigmoid(logits)) per element (x in [0, 1])."""
+    return tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits)
+
+
+def gaussian_rate(mean: tf.Tensor, log_var: tf.Tensor) -> tf.Tensor:
+    """KL(N(mean, e^log_var) ‖ N(0, I)) per example, in nats."""
+    return 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - 1.0 - log_var, axis=1)
+
+
+def feature_axes(x: tf.Tensor) -> list[int]:
+    return list(range(1, len(x.shape)))
+
 
 class AutoencoderObjective:
     """Reconstruction loss as Keras computes it: a mean over features, per example."""
+
+    energy_units = "mean over features"
+    score_name = "standardized_reconstruction_error"
 
     def __init__(self, params: Any, input_shape: tuple[int, ...]) -> None:
         self.params = params
@@ -46,6 +76,7 @@ class AutoencoderObjective:
         out = None if self.bce else params.resolved_output_activation
         self.decoder = decoder_stack(input_shape, params.hidden, params.activation, self.conv, out)
         self.output_sigmoid = self.bce or params.resolved_output_activation == "sigmoid"
+        self.saved_variables: dict[str, tf.Variable] = {}
         dummy = tf.zeros((1, *input_shape))
         self.decoder(self.head(self.trunk(dummy)))
 
@@ -70,15 +101,27 @@ class AutoencoderObjective:
         self, x: tf.Tensor, seed: tf.Tensor, training: bool
     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         out = self._forward(x, seed if training else None)
-        axes = list(range(1, len(x.shape)))
         if self.bce:
-            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out)
-            return tf.reduce_mean(bce, axis=axes), {}
-        return tf.reduce_mean(tf.square(x - out), axis=axes), {}
+            return tf.reduce_mean(bernoulli_nll(x, out), axis=feature_axes(x)), {}
+        return tf.reduce_mean(tf.square(x - out), axis=feature_axes(x)), {}
 
     def reconstruct(self, x: tf.Tensor) -> tf.Tensor:
         out = self._forward(x, None)
         return tf.sigmoid(out) if self.bce else out
+
+    def extra_metrics(self, scaler: Scaler) -> ExtraMetrics | None:
+        """Telemetry beyond the trainer's own, for data preprocessed by `scaler`: none."""
+        return None
+
+    def scorer(self, normal: np.ndarray) -> tuple[ScoreFn, dict[str, np.ndarray]]:
+        """The anomaly score, and the arrays serving needs to repeat it: the residual variance
+        on the `normal` rows the model trained on."""
+        variance = residual_variance(self, normal)
+
+        def score(x: tf.Tensor) -> tf.Tensor:
+            return standardized_error(x, self.reconstruct(x), variance)
+
+        return score, {"residual_variance": variance}
 
     def models(self) -> dict[str, keras.Model]:
         encoder = as_model(Stack([*self.trunk.layers, self.head]), self.input_shape, "encoder")
@@ -89,12 +132,16 @@ class AutoencoderObjective:
 class VaeObjective:
     """Negative ELBO per example (nats): distortion + β·rate (Alemi et al. 2018)."""
 
+    energy_units = "nats per example (−ELBO)"
+    score_name = "negative_elbo"
+
     def __init__(self, params: Any, input_shape: tuple[int, ...]) -> None:
         self.params = params
         self.input_shape = input_shape
         self.dims = int(np.prod(input_shape))
         self.conv = use_conv(params.architecture, input_shape)
         self.bernoulli = params.likelihood == "bernoulli"
+        self.output_sigmoid = self.bernoulli
         self.trunk = encoder_trunk(input_shape, params.hidden, params.activation, self.conv)
         self.mean_head = keras.layers.Dense(params.latent_dim, name="z_mean", dtype=OUTPUT_DTYPE)
         self.logvar_head = keras.layers.Dense(
@@ -103,6 +150,7 @@ class VaeObjective:
         self.decoder = decoder_stack(input_shape, params.hidden, params.activation, self.conv, None)
         # Gaussian likelihood: one learned log σ per data dimension.
         self.log_sigma = tf.Variable(tf.zeros(input_shape), name="log_sigma")
+        self.saved_variables = {"log_sigma": self.log_sigma}
         h = self.trunk(tf.zeros((1, *input_shape)))
         self.logvar_head(h)
         self.decoder(self.mean_head(h))
@@ -134,15 +182,9 @@ class VaeObjective:
             z = mean + tf.exp(0.5 * log_var) * eps
         dropout = self.params.dropout if seed is not None else 0.0
         out = self.decoder(z, dropout=dropout, seed=None if seed is None else seed + 3)
-        axes = list(range(1, len(x.shape)))
-        if self.bernoulli:
-            nll = tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out)
-        else:
-            log_sigma = tf.clip_by_value(self.log_sigma, LOG_SIGMA_MIN, -LOG_SIGMA_MIN)
-            nll = 0.5 * tf.square((x - out) * tf.exp(-log_sigma)) + log_sigma + 0.5 * LOG_2PI
-        distortion = tf.reduce_sum(nll, axis=axes)
-        rate = 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - 1.0 - log_var, axis=1)
-        return distortion, rate, out
+        nll = bernoulli_nll(x, out) if self.bernoulli else gaussian_nll(x, out, self.log_sigma)
+        distortion = tf.reduce_sum(nll, axis=feature_axes(x))
+        return distortion, gaussian_rate(mean, log_var), out
 
     def per_example_loss(
         self, x: tf.Tensor, seed: tf.Tensor, training: bool
@@ -160,6 +202,11 @@ class VaeObjective:
         out = self.terms(x, None)[2]
         return tf.sigmoid(out) if self.bernoulli else out
 
+    def extra_metrics(self, scaler: Scaler) -> ExtraMetrics:
+        """The free energy's parts, with bits/dim in the units of the data `scaler` scaled."""
+        self.log_jacobian = scaler.log_abs_det_jacobian()
+        return self.vae_metrics
+
     def vae_metrics(self, extras: dict[str, float]) -> dict[str, float]:
         """The variational free energy's parts, from window means of distortion and rate."""
         distortion, rate = extras.get("distortion", math.nan), extras.get("rate", math.nan)
@@ -170,6 +217,11 @@ class VaeObjective:
             "elbo": -free_energy,
             "bits_per_dim": (free_energy + self.log_jacobian) / (self.dims * math.log(2)),
         }
+
+    def scorer(self, normal: np.ndarray) -> tuple[ScoreFn, dict[str, np.ndarray]]:
+        """The −ELBO, and the Gaussian decoder's log σ that serving needs to repeat it."""
+        extras = {} if self.bernoulli else {"log_sigma": self.log_sigma.numpy()}
+        return self.score, extras
 
     def models(self) -> dict[str, keras.Model]:
         encoder = with_heads(
@@ -182,15 +234,15 @@ class VaeObjective:
 def save_weights(objective: Any, folder: Path) -> None:
     for name, model in objective.models().items():
         model.save_weights(folder / f"{name}.weights.h5")
-    if isinstance(objective, VaeObjective):
-        np.save(folder / "log_sigma.npy", objective.log_sigma.numpy())
+    for name, variable in objective.saved_variables.items():
+        np.save(folder / f"{name}.npy", variable.numpy())
 
 
 def load_weights(objective: Any, folder: Path) -> None:
     for name, model in objective.models().items():
         model.load_weights(folder / f"{name}.weights.h5")
-    if isinstance(objective, VaeObjective):
-        objective.log_sigma.assign(np.load(folder / "log_sigma.npy", allow_pickle=False))
+    for name, variable in objective.saved_variables.items():
+        variable.assign(np.load(folder / f"{name}.npy", allow_pickle=False))
 
 
 def batched(fn: Any, x: np.ndarray, size: int = 2048) -> np.ndarray:
@@ -207,8 +259,7 @@ def residual_variance(objective: AutoencoderObjective, x: np.ndarray) -> np.ndar
 def standardized_error(x: tf.Tensor, reconstruction: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:
     """Mean over features of residual² / its held-out variance: a diagonal-Gaussian NLL, so a
     feature that is always reconstructed well counts more when it is not."""
-    axes = list(range(1, len(x.shape)))
-    return tf.reduce_mean(tf.square(x - reconstruction) / variance, axis=axes)
+    return tf.reduce_mean(tf.square(x - reconstruction) / variance, axis=feature_axes(x))
 
 
 def save_artifacts(objective: Any, folder: Path, extras: dict[str, np.ndarray]) -> dict[str, Path]:
@@ -222,90 +273,3 @@ def save_artifacts(objective: Any, folder: Path, extras: dict[str, np.ndarray]) 
     np.savez(path, **extras)
     files["scoring"] = path
     return files
-
-
-# --- serving --------------------------------------------------------------------------------
-
-
-class AutoencodingServable:
-    """encode / reconstruct / score of a saved autoencoder or VAE, compiled once per operation."""
-
-    def __init__(self, kind: str, files: dict[str, Path], meta: dict[str, Any]) -> None:
-        from ml.core.preprocessing import Scaler
-
-        self.kind = kind
-        self.input_shape = tuple(int(s) for s in meta["input_shape"])
-        self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
-        calibration = meta.get("calibration") or {}
-        self.threshold = float(calibration.get("threshold", math.inf))
-        self.output_sigmoid = bool(calibration.get("output_sigmoid", False))
-        self.operations = list(meta.get("capabilities") or ["encode", "reconstruct", "score"])
-        load = keras.models.load_model
-        self.encoder = load(files["encoder"], compile=False, safe_mode=True)
-        self.decoder = load(files["decoder"], compile=False, safe_mode=True)
-        with np.load(files["scoring"], allow_pickle=False) as scoring:
-            self.scoring = {k: tf.constant(scoring[k]) for k in scoring.files}
-        spec = [tf.TensorSpec((None, *self.input_shape), tf.float32)]
-        self.latent_dim = int(self.decoder.input_shape[-1])
-        latent_spec = [tf.TensorSpec((None, self.latent_dim), tf.float32)]
-        self._generate = tf.function(self._decode, input_signature=latent_spec)
-        self._encode = tf.function(self._encode_fn, input_signature=spec)
-        self._reconstruct = tf.function(self._reconstruct_fn, input_signature=spec)
-        self._score = tf.function(self._score_fn, input_signature=spec)
-
-    def _latent(self, x: tf.Tensor) -> Any:
-        return self.encoder(x, training=False)
-
-    def _decode(self, z: tf.Tensor) -> tf.Tensor:
-        out = self.decoder(z, training=False)
-        return tf.sigmoid(out) if self.output_sigmoid else out
-
-    def generate(self, n: int, seed: int | None) -> dict[str, Any]:
-        """Decode z ~ N(0, I): the decoder's mean (Gaussian) or probabilities (Bernoulli)."""
-        z = np.random.default_rng(seed).standard_normal((n, self.latent_dim)).astype(np.float32)
-        out = self._generate(tf.constant(z)).numpy()
-        return {"samples": self.scaler.inverse_transform(out)}
-
-    def _encode_fn(self, x: tf.Tensor) -> Any:
-        return self._latent(x)
-
-    def _reconstruct_fn(self, x: tf.Tensor) -> tf.Tensor:
-        latent = self._latent(x)
-        mean = latent[0] if self.kind == "vae" else latent
-        return self._decode(mean)
-
-    def _score_fn(self, x: tf.Tensor) -> tf.Tensor:
-        if self.kind != "vae":
-            return standardized_error(x, self._reconstruct_fn(x), self.scoring["residual_variance"])
-        mean, log_var = self._latent(x)
-        out = self.decoder(mean, training=False)
-        axes = list(range(1, len(x.shape)))
-        if "log_sigma" in self.scoring:
-            log_sigma = tf.clip_by_value(self.scoring["log_sigma"], LOG_SIGMA_MIN, -LOG_SIGMA_MIN)
-            nll = 0.5 * tf.square((x - out) * tf.exp(-log_sigma)) + log_sigma + 0.5 * LOG_2PI
-        else:
-            nll = tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=out)
-        rate = 0.5 * tf.reduce_sum(tf.square(mean) + tf.exp(log_var) - 1.0 - log_var, axis=1)
-        return tf.reduce_sum(nll, axis=axes) + rate
-
-    def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
-        if operation not in self.operations:
-            raise UnsupportedOperation(operation, self.operations)
-        if operation == "generate":
-            return self.generate(int(options.get("n", 16)), options.get("seed"))
-        assert inputs is not None
-        x = tf.constant(self.scaler.transform(inputs).astype(np.float32, copy=False))
-        if operation == "encode":
-            latent = self._encode(x)
-            if self.kind == "vae":
-                return {"latents": latent[0].numpy(), "log_variances": latent[1].numpy()}
-            return {"latents": latent.numpy()}
-        if operation == "reconstruct":
-            out = self._reconstruct(x).numpy()
-            return {"reconstructions": self.scaler.inverse_transform(out)}
-        scores = self._score(x).numpy()
-        return {
-            "scores": scores,
-            "threshold": self.threshold,
-            "is_anomaly": scores > self.threshold,
-        }

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ml.core.preprocessing import Scaler
+from ml.core.registry import get_kind
 from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
 from ml.core.splits import split_indices, stratified_split_indices
 
@@ -78,9 +79,7 @@ def prepare(spec: Any, context: RunContext) -> Prepared:
     if len(train_idx) < 8:
         raise JobFailed("invalid_data", f"only {len(train_idx)} normal training rows")
     scaler = Scaler.from_spec(spec.preprocessing).fit(x[train_idx])
-    if getattr(params, "likelihood", None) == "bernoulli" or params.resolved_loss == (
-        "binary_crossentropy"
-    ):
+    if params.unit_interval_inputs:
         scaled = scaler.transform(x[train_idx])
         if scaled.min() < -1e-6 or scaled.max() > 1 + 1e-6:
             raise JobFailed(
@@ -123,9 +122,17 @@ def evaluate(scores: np.ndarray, truth: np.ndarray, cut: float) -> dict[str, flo
     }
 
 
-def train_autoencoding(
-    kind: str, spec: Any, reporter: Reporter, context: RunContext, capabilities: list[str]
-) -> RunOutcome:
+def run_autoencoding(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
+    """The `run` of the autoencoder and VAE kinds, on the devices the job asked for."""
+    from ml.core.training import job_devices
+
+    with job_devices(spec.resources):
+        return train_autoencoding(spec, reporter, context)
+
+
+def train_autoencoding(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
+    """Train the objective the spec's params build, calibrate its anomaly threshold on held-out
+    normal rows and evaluate it on the labelled split."""
     from ml.anomaly import autoencoding as ae
     from ml.core.training import Trainer, configure_determinism, device_name
 
@@ -133,17 +140,10 @@ def train_autoencoding(
     data = prepare(spec, context)
     input_shape = tuple(int(s) for s in data.train.shape[1:])
     try:
-        objective: Any = (
-            ae.VaeObjective(spec.params, input_shape)
-            if kind == "vae"
-            else ae.AutoencoderObjective(spec.params, input_shape)
-        )
+        objective = spec.params.objective(input_shape)
     except ValueError as exc:
         raise JobFailed("invalid_data", str(exc)) from exc
-    extra_metrics = None
-    if kind == "vae":
-        objective.log_jacobian = data.scaler.log_abs_det_jacobian()
-        extra_metrics = objective.vae_metrics
+    extra_metrics = objective.extra_metrics(data.scaler)
     trainer = Trainer(objective, spec.training, reporter, extra_metrics=extra_metrics)
     resumed = trainer.restore_checkpoint(
         context.checkpoint_dir, lambda folder: ae.load_weights(objective, folder)
@@ -155,38 +155,25 @@ def train_autoencoding(
         save_weights=lambda folder: ae.save_weights(objective, folder),
     )
     held_out = data.validation if len(data.validation) else data.train
-    extras: dict[str, np.ndarray] = {}
-    if kind == "vae":
-        score_fn = objective.score
-        if not objective.bernoulli:
-            extras["log_sigma"] = objective.log_sigma.numpy()
-    else:
-        variance = ae.residual_variance(objective, np.concatenate([data.train, data.validation]))
-        extras["residual_variance"] = variance
-
-        def score_fn(x: Any) -> Any:
-            return ae.standardized_error(x, objective.reconstruct(x), variance)
-
-    normal_scores = ae.batched(score_fn, held_out)
-    cut = threshold(normal_scores, spec.params.contamination, spec.params.target_fpr)
+    score_fn, extras = objective.scorer(np.concatenate([data.train, data.validation]))
+    cut = threshold(
+        ae.batched(score_fn, held_out), spec.params.contamination, spec.params.target_fpr
+    )
     evaluation: dict[str, Any] = {}
     if data.evaluation_truth is not None and len(data.evaluation):
         evaluation = evaluate(ae.batched(score_fn, data.evaluation), data.evaluation_truth, cut)
-    files = ae.save_artifacts(objective, context.workdir / "model", extras)
-    output_sigmoid = kind == "autoencoder" and objective.output_sigmoid
-    output_sigmoid = output_sigmoid or (kind == "vae" and objective.bernoulli)
     calibration = {
         "threshold": cut,
         "contamination": spec.params.contamination,
         "target_fpr": spec.params.target_fpr,
         "calibration_rows": len(held_out),
-        "score": "negative_elbo" if kind == "vae" else "standardized_reconstruction_error",
-        "output_sigmoid": bool(output_sigmoid),
+        "score": objective.score_name,
+        "output_sigmoid": bool(objective.output_sigmoid),
     }
     model = ModelOutcome(
-        files=files,
+        files=ae.save_artifacts(objective, context.workdir / "model", extras),
         input_shape=list(input_shape),
-        capabilities=capabilities,
+        capabilities=sorted(get_kind(spec.kind).serves),
         preprocessing=data.scaler.to_dict(),
         calibration=calibration,
         evaluation=evaluation,
@@ -194,8 +181,7 @@ def train_autoencoding(
     result = {
         **fit.summary(resumed=resumed),
         "threshold": cut,
-        "energy_units": "training loss: "
-        + ("nats per example (−ELBO)" if kind == "vae" else "mean over features"),
+        "energy_units": f"training loss: {objective.energy_units}",
         **{k: v for k, v in evaluation.items() if k in ("roc_auc", "pr_auc")},
     }
     return RunOutcome(result=result, device=device_name(), model=model)

@@ -3,17 +3,16 @@ F = distortion + β·rate (−ELBO), its anomaly score the −ELBO of a row."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from ml.anomaly.autoencoder import AutoencoderParams
+from ml.anomaly.autoencoder import AutoencoderParams, AutoencoderSpec
+from ml.anomaly.scoring import run_autoencoding
 from ml.core.registry import register_kind
-from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.serving import Servable
-from ml.core.spec import JobSpec, Preprocessing, preprocessing_field
-from ml.core.training_config import TrainingConfig
+
+if TYPE_CHECKING:
+    from ml.anomaly.autoencoding import VaeObjective
 
 
 class VaeParams(AutoencoderParams):
@@ -22,14 +21,19 @@ class VaeParams(AutoencoderParams):
         "gaussian", description="Decoder likelihood; bernoulli needs inputs in [0, 1] (minmax)."
     )
 
+    @property
+    def unit_interval_inputs(self) -> bool:
+        return self.likelihood == "bernoulli" or super().unit_interval_inputs
 
-class VaeSpec(JobSpec):
-    kind: Literal["vae"]
-    distributable: ClassVar[bool] = True
-    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    def objective(self, input_shape: tuple[int, ...]) -> VaeObjective:  # type: ignore[override]
+        from ml.anomaly.autoencoding import VaeObjective
+
+        return VaeObjective(self, input_shape)
+
+
+class VaeSpec(AutoencoderSpec):
+    kind: Literal["vae"]  # type: ignore[assignment]
     params: VaeParams = Field(default_factory=VaeParams)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    preprocessing: Preprocessing = preprocessing_field("standard")
 
 
 VaeSpec.example = {
@@ -41,26 +45,11 @@ VaeSpec.example = {
     "training": {"epochs": 20, "batch_size": 64, "seed": 0},
 }
 
-SERVES = frozenset({"encode", "reconstruct", "score", "generate"})
-
-
-def load(files: dict[str, Path], meta: dict[str, Any]) -> Servable:
-    from ml.anomaly.autoencoding import AutoencodingServable
-
-    return AutoencodingServable("vae", files, meta)
-
-
-@register_kind(
+register_kind(
     name="vae",
     spec=VaeSpec,
     summary="A variational autoencoder: encode, reconstruct, anomaly scores (−ELBO), samples.",
     category="model",
-    serves=SERVES,
-    load=load,
-)
-def run(spec: VaeSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.anomaly.scoring import train_autoencoding
-    from ml.core.training import job_devices
-
-    with job_devices(spec.resources):
-        return train_autoencoding("vae", spec, reporter, context, sorted(SERVES))
+    serves=frozenset({"encode", "reconstruct", "score", "generate"}),
+    servable="ml.anomaly.serving:VaeServable",
+)(run_autoencoding)
