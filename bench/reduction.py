@@ -215,7 +215,7 @@ def bench_dcn(data: Dataset, seed: int, quick: bool) -> list[dict[str, Any]]:
 def randomized_accuracy(quick: bool) -> list[dict[str, Any]]:
     """Relative error of the randomised method's explained variances against the exact SVD, and
     the share of the exact top-k subspace's variance its components miss."""
-    from ml.pca import decompose
+    from ml.reduction.pca_model import decompose
 
     digits = load_builtin("digits")
     x = scaled(digits, "standard")

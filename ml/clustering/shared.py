@@ -8,14 +8,22 @@ scaler is fitted on all rows, and the model clusters rows flattened to vectors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ml.core.preprocessing import Scaler
-from ml.core.reporting import JobFailed, RunContext
+from ml.core.reporting import JobFailed, ModelOutcome, RunContext
 from ml.core.spec import too_many_clusters
 
+if TYPE_CHECKING:
+    from ml.core.datasets import Dataset
+
+CENTROIDS_FILE = "centroids.npz"
+# The centroid models (`kmeans`, `annealing`) predict clusters, served by one class.
+CENTROID_SERVES = frozenset({"predict"})
+CENTROID_SERVABLE = "ml.clustering.kmeans_tf:CentroidServable"
 # Rows sampled first when looking for k distinct ones; all rows are compared when they fall short.
 DISTINCT_SAMPLE = 1_000
 
@@ -32,6 +40,10 @@ class ClusterData:
     @property
     def rows(self) -> int:
         return int(self.x.shape[0])
+
+    def model(self, files: dict[str, Path], serves: frozenset[str], **fields: Any) -> ModelOutcome:
+        """A model of these rows serving `serves` (see :func:`model_outcome`)."""
+        return model_outcome(files, self.feature_shape, self.scaler, serves, **fields)
 
 
 def class_labels(data: Any) -> np.ndarray | None:
@@ -74,20 +86,27 @@ def check_cluster_count(x: np.ndarray, k: int, name: str = "n_clusters") -> None
         )
 
 
-def prepare(spec: Any, context: RunContext, k: int, name: str = "n_clusters") -> ClusterData:
-    """The data set's rows, scaled with the spec's preprocessing, flattened and checked."""
+def numeric_rows(context: RunContext, who: str, unusable: str) -> tuple[Dataset, np.ndarray]:
+    """The run's data set and its rows, at least 2-d; `invalid_data` when `who` got no data set,
+    or its rows are none or not finite numbers (`unusable` ends the message for another dtype)."""
     data = context.dataset
     if data is None:
-        raise JobFailed("invalid_data", "this kind needs a data set (`dataset` in the spec)")
+        raise JobFailed("invalid_data", f"{who} needs a data set (`dataset` in the spec)")
     raw = np.asarray(data.x)
     if raw.ndim < 2:
         raw = raw.reshape(-1, 1)
     if raw.dtype.kind not in "biuf":
-        raise JobFailed("invalid_data", f"rows of dtype {raw.dtype} cannot be clustered")
+        raise JobFailed("invalid_data", f"rows of dtype {raw.dtype} {unusable}")
     if len(raw) == 0:
         raise JobFailed("invalid_data", "the data set has no rows")
     if not np.isfinite(raw).all():
         raise JobFailed("invalid_data", "the data set holds NaN or infinite values")
+    return data, raw
+
+
+def prepare(spec: Any, context: RunContext, k: int, name: str = "n_clusters") -> ClusterData:
+    """The data set's rows, scaled with the spec's preprocessing, flattened and checked."""
+    data, raw = numeric_rows(context, "this kind", "cannot be clustered")
     scaler = Scaler.from_spec(spec.preprocessing).fit(raw)
     x = scaler.transform(raw.astype(np.float32, copy=False)).reshape(len(raw), -1)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -110,3 +129,31 @@ def scores(truth: np.ndarray | None, clusters: np.ndarray) -> dict[str, float]:
 
 def sizes(clusters: np.ndarray, k: int) -> list[int]:
     return [int(c) for c in np.bincount(clusters, minlength=k)]
+
+
+def save_centroids(folder: Path, centroids: np.ndarray, **extra: Any) -> Path:
+    """`centroids.npz`: the centroids (float32) and any `extra` arrays."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CENTROIDS_FILE
+    arrays = {"centroids": np.asarray(centroids, dtype=np.float32)}
+    arrays.update({name: np.asarray(value) for name, value in extra.items()})
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def model_outcome(
+    files: dict[str, Path],
+    feature_shape: tuple[int, ...],
+    scaler: Scaler,
+    serves: frozenset[str],
+    **fields: Any,
+) -> ModelOutcome:
+    """A trained model of rows of `feature_shape`, scaled by `scaler`, serving `serves`; `fields`
+    are the rest of :class:`ModelOutcome` (evaluation, calibration, pictures)."""
+    return ModelOutcome(
+        files=files,
+        input_shape=list(feature_shape),
+        capabilities=sorted(serves),
+        preprocessing=scaler.to_dict(),
+        **fields,
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from numpy.typing import DTypeLike
 
-OPERATIONS = ("encode", "reconstruct", "score", "generate", "predict")
+from ml.core.preprocessing import Scaler
 
 
 class UnsupportedOperation(LookupError):
@@ -32,6 +33,48 @@ class DrawsPictures(Protocol):
     `GET /v1/models/{ref}/{name}.png` calls `picture(name)` and sends the PNG bytes."""
 
     def picture(self, name: str, **options: Any) -> bytes: ...
+
+
+class ScaledServable:
+    """The part every servable of flattened rows shares: what it reads from the models row
+    (input shape, operations, the scaler rows go through first) and the check of an operation.
+
+    A subclass names the operations it can serve in `serves`, calls `super().__init__(meta)`
+    and turns raw inputs into scaled vectors with `scaled`.
+    """
+
+    serves: ClassVar[tuple[str, ...]]
+
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.input_shape = tuple(int(s) for s in meta["input_shape"])
+        self.operations = list(meta.get("capabilities") or self.serves)
+        self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
+
+    def scaled(self, operation: str, inputs: np.ndarray | None, dtype: DTypeLike) -> np.ndarray:
+        """`inputs` in `dtype`, scaled and flattened to vectors, for an operation it serves."""
+        if operation not in self.operations or operation not in self.serves:
+            raise UnsupportedOperation(operation, self.operations)
+        assert inputs is not None
+        rows: np.ndarray = np.asarray(inputs, dtype=dtype)
+        return self.scaler.transform(rows).reshape(len(rows), -1)
+
+
+class DrawsOnePicture:
+    """A servable that draws one picture, named `drawing`: drawn by `draw` when first asked for,
+    then answered from memory."""
+
+    drawing: ClassVar[str]
+    _drawn: bytes | None = None
+
+    def draw(self) -> bytes:
+        raise NotImplementedError
+
+    def picture(self, name: str, **options: Any) -> bytes:
+        if name != self.drawing:
+            raise ValueError(f"no picture {name!r}; this model draws: {self.drawing}")
+        if self._drawn is None:
+            self._drawn = self.draw()
+        return self._drawn
 
 
 def png(figure: Any) -> bytes:

@@ -1,3 +1,3 @@
 """Dimensionality reduction: PCA and parametric t-SNE."""
 
-KIND_MODULES: tuple[str, ...] = ()
+KIND_MODULES: tuple[str, ...] = ("pca", "tsne")

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ml.clustering.shared import class_labels
+from ml.clustering.shared import class_labels, numeric_rows
 from ml.core.preprocessing import Scaler
-from ml.core.reporting import JobFailed, RunContext
+from ml.core.reporting import RunContext
 
 
 @dataclass
@@ -39,18 +39,7 @@ class Rows:
 
 def load_rows(context: RunContext, kind: str) -> Rows:
     """The data set's rows; `invalid_data` when there are none, or they are not finite numbers."""
-    data = context.dataset
-    if data is None:
-        raise JobFailed("invalid_data", f"{kind} needs a data set (`dataset` in the spec)")
-    raw = np.asarray(data.x)
-    if raw.ndim < 2:
-        raw = raw.reshape(-1, 1)
-    if raw.dtype.kind not in "biuf":
-        raise JobFailed("invalid_data", f"rows of dtype {raw.dtype} are not numbers")
-    if len(raw) == 0:
-        raise JobFailed("invalid_data", "the data set has no rows")
-    if not np.isfinite(raw).all():
-        raise JobFailed("invalid_data", "the data set holds NaN or infinite values")
+    data, raw = numeric_rows(context, kind, "are not numbers")
     y = None if data.y is None else np.asarray(data.y)
     colour, colour_type = None, None
     if y is not None and y.ndim == 1 and len(y) == len(raw) and y.dtype.kind in "biuf":

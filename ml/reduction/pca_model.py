@@ -1,6 +1,7 @@
 """Principal component analysis: the decomposition in TensorFlow (an exact SVD, or the randomised
-range finder of Halko, Martinsson & Tropp 2011 for wide data), the `pca` job, and its serving
-side in NumPy (a projection is one matrix product; serving does not load TensorFlow).
+range finder of Halko, Martinsson & Tropp 2011 for wide data), and the fitted model's maths and
+serving in NumPy (a projection is one matrix product; serving does not load TensorFlow). The
+`pca` job is in `ml.reduction.pca`.
 
 Conventions are scikit-learn's: rows are centred on their mean, explained variance is
 s² / (n − 1), each component's sign makes its largest-magnitude coefficient positive, a float
@@ -17,22 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ml.anomaly.scoring import anomaly_mask, evaluate, threshold
-from ml.core.preprocessing import Scaler
-from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.core.serving import UnsupportedOperation
-from ml.core.splits import split_indices, stratified_split_indices
-from ml.reduction import shared as reduction
+from ml.core.serving import ScaledServable
 
 MODEL_FILE = "pca.npz"
-# Per-feature residual variance floor for the standardised score (as the autoencoder's).
-VARIANCE_FLOOR = 1e-6
 # `auto` picks the randomised method when both sides of the data exceed this and fewer than
 # RANDOMIZED_SHARE of the possible components are asked for (scikit-learn's rule).
 RANDOMIZED_ABOVE = 500
 RANDOMIZED_SHARE = 0.8
-# Components recorded in the metric history (the spectrum of very wide data is cut here).
-MAX_SERIES = 1000
 SCORE_BLOCK = 4096
 
 
@@ -215,188 +207,27 @@ class PcaModel:
             )
 
 
-# --- the job ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Parts:
-    fit: np.ndarray  # indices of the rows the components are fitted on (normal rows only)
-    calibration: np.ndarray  # held-out normal rows: the score threshold
-    evaluation: np.ndarray  # labelled rows held out for ROC-AUC
-    truth: np.ndarray | None  # True = anomaly, for the evaluation rows
-
-
-def split(rows: reduction.Rows, params: Any) -> Parts:
-    y = rows.y if rows.y is not None and rows.y.ndim == 1 else None
-    truth = anomaly_mask(y, params, rows.anomaly_label)
-    try:
-        if truth is not None:
-            labels = truth.astype(np.int64)
-            parts = stratified_split_indices(
-                labels, params.validation_split, params.evaluation_split, params.seed
-            )
-            normal = ~truth
-            return Parts(
-                fit=parts.train[normal[parts.train]],
-                calibration=parts.validation[normal[parts.validation]],
-                evaluation=parts.evaluation,
-                truth=truth[parts.evaluation],
-            )
-        parts = split_indices(rows.rows, params.validation_split, 0.0, params.seed)
-    except ValueError as exc:
-        raise JobFailed("invalid_data", str(exc)) from exc
-    return Parts(parts.train, parts.validation, parts.evaluation, None)
-
-
-def check_components(n_components: int | float, rows: int, features: int) -> None:
-    if rows < 2:
-        raise JobFailed("invalid_data", f"PCA needs at least 2 rows to fit on; got {rows}")
-    if isinstance(n_components, int):
-        if n_components > features:
-            raise JobFailed(
-                "invalid_data",
-                f"n_components = {n_components} is more than the {features} features of the "
-                f"data set: ask for at most {features}",
-            )
-        if n_components > rows:
-            raise JobFailed(
-                "invalid_data",
-                f"n_components = {n_components} is more than the {rows} rows PCA is fitted on "
-                f"(at most min(rows, features) components exist): ask for at most {rows}",
-            )
-
-
-def spectrum_points(decomposition: Decomposition, reporter: Reporter) -> None:
-    """One point per component index (step 1 = the first component)."""
-    ratio = decomposition.ratio
-    cumulative = np.cumsum(ratio)
-    for j in range(min(len(ratio), MAX_SERIES)):
-        reporter.metrics(
-            j + 1,
-            {
-                "explained_variance": float(decomposition.explained_variance[j]),
-                "explained_variance_ratio": float(ratio[j]),
-                "cumulative_explained_variance_ratio": float(cumulative[j]),
-                "singular_value": float(decomposition.singular_values[j]),
-            },
-        )
-
-
-def train_pca(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
-    p = spec.params
-    rows = reduction.load_rows(context, "pca")
-    parts = split(rows, p)
-    dtype = np.float64 if p.dtype == "float64" else np.float32
-    check_components(p.n_components, len(parts.fit), rows.features)
-    scaler = reduction.fit_scaler(spec, rows.raw[parts.fit])
-
-    def scaled(idx: np.ndarray) -> np.ndarray:
-        return reduction.flat(scaler, rows.raw[idx], dtype)
-
-    x_fit = scaled(parts.fit)
-    n, d = x_fit.shape
-    method = resolve_method(p.method, p.n_components, n, d)
-    reporter.progress(0.1, method=method)
-    full = decompose(
-        x_fit,
-        method=method,
-        n_components=p.n_components if method == "randomized" else None,
-        oversamples=p.oversamples,
-        power_iterations=p.power_iterations,
-        seed=p.seed,
-    )
-    spectrum_points(full, reporter)
-    if isinstance(p.n_components, int):
-        k = p.n_components
-    else:
-        k = components_for(p.n_components, full.ratio)
-    kept = full.keep(k)
-    model = PcaModel(kept.mean, kept.components, kept.explained_variance, p.whiten)
-    x_cal = scaled(parts.calibration)
-    held_out = x_cal if len(x_cal) else x_fit
-    variance = np.concatenate([model.residual(x_fit), model.residual(x_cal)]).var(axis=0)
-    model.residual_variance = np.maximum(variance, VARIANCE_FLOOR).astype(dtype)
-    normal_scores = model.score(held_out)
-    cut = threshold(normal_scores, p.contamination, p.target_fpr)
-    reporter.progress(0.8, n_components=k)
-    anomaly: dict[str, Any] = {}
-    if parts.truth is not None and len(parts.evaluation):
-        anomaly = evaluate(model.score(scaled(parts.evaluation)), parts.truth, cut)
-    reconstruction_error = float(np.mean(model.residual(held_out) ** 2))
-    path = model.save(context.workdir / "model" / MODEL_FILE)
-    ratio = kept.ratio
-    evaluation = {
-        "n_components": k,
-        "method": method,
-        "explained_variance": [float(v) for v in kept.explained_variance],
-        "explained_variance_ratio": [float(v) for v in ratio],
-        "total_explained_variance_ratio": float(ratio.sum()),
-        "reconstruction_error": reconstruction_error,
-        **anomaly,
-    }
-    calibration = {
-        "threshold": cut,
-        "contamination": p.contamination,
-        "target_fpr": p.target_fpr,
-        "calibration_rows": len(held_out),
-        "score": "standardized_reconstruction_error",
-    }
-    outcome = ModelOutcome(
-        files={"pca": path},
-        input_shape=list(rows.feature_shape),
-        capabilities=["encode", "reconstruct", "score"],
-        preprocessing=scaler.to_dict(),
-        calibration=calibration,
-        evaluation=evaluation,
-    )
-    result = {
-        "n_components": k,
-        "method": method,
-        "total_explained_variance_ratio": float(ratio.sum()),
-        "total_variance": full.total_variance,
-        "rows": n,
-        "features": d,
-        "reconstruction_error": reconstruction_error,
-        "threshold": cut,
-        "energy_units": "variance of the scaled features",
-        **{key: v for key, v in anomaly.items() if key in ("roc_auc", "pr_auc")},
-    }
-    reporter.progress(1.0, n_components=k)
-    return RunOutcome(result=result, device=_device(), model=outcome)
-
-
-def _device() -> str:
-    import tensorflow as tf
-
-    return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-
-
 # --- serving --------------------------------------------------------------------------------
 
 
-class PcaServable:
+class PcaServable(ScaledServable):
     """encode (projections), reconstruct (back in the data's units) and score (standardised
     distance to the principal subspace, with the threshold calibrated at training)."""
 
+    serves = ("encode", "reconstruct", "score")
+
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
-        self.input_shape = tuple(int(s) for s in meta["input_shape"])
-        self.operations = list(meta.get("capabilities") or ["encode", "reconstruct", "score"])
-        self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
+        super().__init__(meta)
         calibration = meta.get("calibration") or {}
         self.threshold = float(calibration.get("threshold", math.inf))
         self.model = PcaModel.load(files["pca"])
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
-        if operation not in self.operations or operation not in ("encode", "reconstruct", "score"):
-            raise UnsupportedOperation(operation, self.operations)
-        assert inputs is not None
-        rows = np.asarray(inputs)
-        dtype = self.model.components.dtype
-        x = self.scaler.transform(rows.astype(dtype, copy=False)).reshape(len(rows), -1)
+        x = self.scaled(operation, inputs, self.model.components.dtype)
         if operation == "encode":
             return {"latents": self.model.encode(x)}
         if operation == "reconstruct":
-            out = self.model.decode(self.model.encode(x)).reshape(len(rows), *self.input_shape)
+            out = self.model.decode(self.model.encode(x)).reshape(len(x), *self.input_shape)
             return {"reconstructions": self.scaler.inverse_transform(out)}
         scores = self.model.score(x)
         return {

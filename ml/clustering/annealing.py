@@ -6,13 +6,17 @@ and predicts clusters and Gibbs probabilities at the final temperature."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
-from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
+
+if TYPE_CHECKING:
+    from ml.clustering.deterministic_annealing import Annealed, State
 
 
 class AnnealingParams(StrictModel):
@@ -75,29 +79,18 @@ AnnealingSpec.example = {
     "preprocessing": {"scale": "standard"},
 }
 
-SERVES = frozenset({"predict"})
 
+class CoolingCurve:
+    """Records each temperature's state as metric points (with the heat capacity since the
+    previous one) and the progress, as the fraction of ln(t_start / t_min) cooled so far."""
 
-@register_kind(
-    name="annealing",
-    spec=AnnealingSpec,
-    summary="Deterministic annealing clustering: phase transitions of a cooling codebook.",
-    category="model",
-    serves=SERVES,
-    servable="ml.kmeans:CentroidServable",
-)
-def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    import numpy as np
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.previous: State | None = None
 
-    from ml import annealing
-    from ml.clustering import shared as clustering
-    from ml.kmeans import save_centroids
+    def __call__(self, step: int, state: State, sofar: Annealed) -> None:
+        from ml.clustering import deterministic_annealing as annealing
 
-    p = spec.params
-    data = clustering.prepare(spec, context, p.max_clusters, "max_clusters")
-    previous: list[annealing.State] = []
-
-    def record(step: int, state: annealing.State, sofar: annealing.Annealed) -> None:
         values = {
             "temperature": state.temperature,
             "distortion": state.distortion,
@@ -107,15 +100,31 @@ def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutc
             "n_clusters": state.n_clusters,
             "iterations": state.iterations,
         }
-        if previous:
-            values["heat_capacity"] = annealing.heat_capacity(previous[-1], state)
-        previous.append(state)
-        reporter.metrics(step, values)
+        if self.previous is not None:
+            values["heat_capacity"] = annealing.heat_capacity(self.previous, state)
+        self.previous = state
+        self.reporter.metrics(step, values)
         cooled = math.log(sofar.t_start / state.temperature)
         total = math.log(sofar.t_start / sofar.t_min)
         fraction = min(1.0, cooled / total) if total > 0 else 1.0
-        reporter.progress(fraction, temperature=state.temperature, n_clusters=state.n_clusters)
+        self.reporter.progress(fraction, temperature=state.temperature, n_clusters=state.n_clusters)
 
+
+@register_kind(
+    name="annealing",
+    spec=AnnealingSpec,
+    summary="Deterministic annealing clustering: phase transitions of a cooling codebook.",
+    category="model",
+    serves=clustering.CENTROID_SERVES,
+    servable=clustering.CENTROID_SERVABLE,
+)
+def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    import numpy as np
+
+    from ml.clustering import deterministic_annealing as annealing
+
+    p = spec.params
+    data = clustering.prepare(spec, context, p.max_clusters, "max_clusters")
     try:
         result = annealing.anneal(
             data.x,
@@ -126,14 +135,14 @@ def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutc
             perturbation=p.perturbation,
             max_iter=p.max_iter,
             seed=p.seed,
-            on_state=record,
+            on_state=CoolingCurve(reporter),
         )
     except ValueError as exc:  # a schedule too long for the data's own temperature scale
         raise JobFailed("invalid_data", str(exc)) from exc
     book = result.codebook
     clusters = annealing.assignments(data.x, book, result.temperature).argmax(axis=1)
     scores = clustering.scores(data.labels, clusters)
-    path = save_centroids(
+    path = clustering.save_centroids(
         context.workdir / "model",
         book.y,
         log_weights=np.log(book.p).astype(np.float32),
@@ -148,11 +157,9 @@ def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutc
         "first_critical_temperature": result.first_critical_temperature,
         "distortion": final.distortion,
     }
-    model = ModelOutcome(
-        files={"centroids": path},
-        input_shape=list(data.feature_shape),
-        capabilities=sorted(SERVES),
-        preprocessing=data.scaler.to_dict(),
+    model = data.model(
+        {"centroids": path},
+        clustering.CENTROID_SERVES,
         calibration={"temperature": result.temperature},
         evaluation=evaluation,
     )

@@ -11,12 +11,12 @@ import pytest
 from pydantic import ValidationError
 from scipy.special import logsumexp
 
-from ml import annealing
+from ml.clustering import deterministic_annealing as annealing
+from ml.clustering.annealing import AnnealingSpec
 from ml.core.datasets import Dataset
 from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed
-from ml.kinds.annealing import AnnealingSpec
-from tests.ml.kinds.test_autoencoder import serve, train
+from tests.ml.anomaly.test_autoencoder import serve, train
 
 CENTRES = np.array([[-6.0, 0.0], [0.0, 0.0], [6.0, 1.0], [0.0, 8.0]])
 COOLING = 0.9

@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from sklearn.cluster import KMeans as SklearnKMeans
 from sklearn.metrics import adjusted_rand_score
 
+from ml.clustering.kmeans import KMeansSpec
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed
 from ml.core.serving import UnsupportedOperation
-from ml.kinds.kmeans import KMeansSpec
 from tests.conftest import submit
-from tests.ml.kinds.test_autoencoder import serve, train
+from tests.ml.anomaly.test_autoencoder import serve, train
 
 
 def scaled(data: Dataset, preprocessing: dict) -> np.ndarray:

@@ -14,13 +14,13 @@ from pydantic import ValidationError
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
-from ml import hierarchical
+from ml.clustering import hierarchical
+from ml.clustering.hierarchical import HierarchicalSpec
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed
-from ml.kinds.hierarchical import HierarchicalSpec
 from tests.conftest import submit
-from tests.ml.kinds.test_autoencoder import serve, train
+from tests.ml.anomaly.test_autoencoder import serve, train
 
 LINKAGES = ["ward", "average", "complete", "single"]
 

@@ -17,10 +17,10 @@ from ml.core.datasets import Dataset, load_builtin
 from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed
 from ml.core.serving import UnsupportedOperation
-from ml.kinds.pca import PcaSpec
-from ml.pca import PcaModel, decompose
+from ml.reduction.pca import PcaSpec
+from ml.reduction.pca_model import PcaModel, decompose
 from tests.conftest import submit
-from tests.ml.kinds.test_autoencoder import serve, train
+from tests.ml.anomaly.test_autoencoder import serve, train
 
 ALL_ROWS = {"validation_split": 0.0}
 

@@ -2,7 +2,7 @@
 iterations as compiled graphs, with scikit-learn's conventions (tolerance relative to the mean
 feature variance, strict convergence when no assignment changes, empty clusters moved to the
 points farthest from their centroids); and the serving side of centroid models (`kmeans`,
-`annealing`).
+`annealing`, saved by `ml.clustering.shared.save_centroids`).
 
 TensorFlow is imported here; import this module only inside a job's process or on serving.
 """
@@ -18,10 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from ml.core.preprocessing import Scaler
-from ml.core.serving import UnsupportedOperation
-
-CENTROIDS_FILE = "centroids.npz"
+from ml.core.serving import ScaledServable
 
 
 def squared_distances(x: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
@@ -174,20 +171,10 @@ class KMeans:
         return best
 
 
-def save_centroids(folder: Path, centroids: np.ndarray, **extra: Any) -> Path:
-    """`centroids.npz`: the centroids (float32) and any `extra` arrays."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / CENTROIDS_FILE
-    arrays = {"centroids": np.asarray(centroids, dtype=np.float32)}
-    arrays.update({name: np.asarray(value) for name, value in extra.items()})
-    np.savez(path, **arrays)  # type: ignore[arg-type]
-    return path
-
-
 # --- serving --------------------------------------------------------------------------------
 
 
-class CentroidServable:
+class CentroidServable(ScaledServable):
     """`predict` of a centroid model, compiled once for rows of the model's input shape.
 
     Distances are squared Euclidean distances to each centroid in the *scaled* space (after the
@@ -195,10 +182,10 @@ class CentroidServable:
     answers the Gibbs probabilities p(y|x) = p(y) e^{−d/T} / Z_x, and its clusters are their argmax.
     """
 
+    serves = ("predict",)
+
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
-        self.input_shape = tuple(int(s) for s in meta["input_shape"])
-        self.operations = list(meta.get("capabilities") or ["predict"])
-        self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
+        super().__init__(meta)
         with np.load(files["centroids"], allow_pickle=False) as saved:
             self.centroids = tf.constant(saved["centroids"], tf.float32)
             soft = "temperature" in saved.files
@@ -221,9 +208,6 @@ class CentroidServable:
         }
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
-        if operation not in self.operations or operation != "predict":
-            raise UnsupportedOperation(operation, self.operations)
-        assert inputs is not None
-        x = self.scaler.transform(np.asarray(inputs, dtype=np.float32)).reshape(len(inputs), -1)
+        x = self.scaled(operation, inputs, np.float32)
         out = self._predict(tf.constant(x.astype(np.float32, copy=False)))
         return {name: value.numpy() for name, value in out.items()}

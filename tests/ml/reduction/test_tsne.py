@@ -18,9 +18,9 @@ from sklearn.metrics import pairwise_distances
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.reporting import JobFailed
 from ml.core.splits import split_indices
-from ml.kinds.tsne import TsneSpec
+from ml.reduction.tsne import TsneSpec
 from tests.conftest import submit
-from tests.ml.kinds.test_autoencoder import TELEMETRY, serve, train
+from tests.ml.anomaly.test_autoencoder import TELEMETRY, serve, train
 
 FAST = {"epochs": 8, "batch_size": 120, "seed": 0, "telemetry": {"every_steps": 3}}
 PARAMS = {
@@ -54,7 +54,7 @@ def trained(blobs: Dataset, tmp_path_factory: pytest.TempPathFactory) -> tuple[A
 def test_affinities_are_scikit_learns_exact_ones() -> None:
     import tensorflow as tf
 
-    from ml.tsne import joint_probabilities
+    from ml.reduction.tsne_tf import joint_probabilities
 
     x = np.random.default_rng(0).standard_normal((150, 6)).astype(np.float32)
     distances = pairwise_distances(x, squared=True).astype(np.float32)

@@ -10,8 +10,9 @@ For each batch of m rows (the whole training set when it fits in one batch):
 - loss: KL(αP ‖ Q) = Σ_ij αp_ij ln(αp_ij / q_ij), with α = `early_exaggeration` for the first
   `exaggeration_epochs` epochs and 1 after, written as per-row terms whose batch mean is the KL.
 
-Training runs through the shared `Trainer` (with its telemetry). The t-SNE loss couples the rows
-of a batch, so the telemetry's micro-batches are smaller t-SNE batches with their own P and Q.
+Training runs through the shared `Trainer` (with its telemetry; the job is `ml.reduction.tsne`).
+The t-SNE loss couples the rows of a batch, so the telemetry's micro-batches are smaller t-SNE
+batches with their own P and Q.
 """
 
 from __future__ import annotations
@@ -25,16 +26,12 @@ import numpy as np
 import tensorflow as tf
 
 from ml.core.networks import Stack, as_model, encoder_trunk
-from ml.core.preprocessing import Scaler
-from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.core.serving import UnsupportedOperation, png
-from ml.core.splits import split_indices
+from ml.core.serving import DrawsOnePicture, ScaledServable, png
 from ml.reduction import shared as reduction
 
 BISECTION_STEPS = 24
 # ln β is searched in ±LOG_BETA_RANGE, on distances divided by each row's mean distance.
 LOG_BETA_RANGE = 12.0
-TRUSTWORTHINESS_NEIGHBOURS = 5
 PICTURE_ROWS = 5000
 ENCODER_FILE = "encoder.keras"
 EMBEDDING_FILE = "embedding.npz"
@@ -142,116 +139,6 @@ class TsneObjective:
         self.model().load_weights(folder / "encoder.weights.h5")
 
 
-def check_perplexity(perplexity: float, rows: int) -> None:
-    if perplexity >= rows:
-        raise JobFailed(
-            "invalid_data",
-            f"perplexity = {perplexity:g} is not below the {rows} rows t-SNE trains on: it is the "
-            "effective number of neighbours each row keeps, and a row has only "
-            f"{rows - 1} others. Use a perplexity below {rows} (5 to 50 is usual)",
-        )
-
-
-def trustworthiness(x: np.ndarray, y: np.ndarray) -> float | None:
-    """scikit-learn's trustworthiness with 5 neighbours (None for fewer than 11 rows)."""
-    from sklearn.manifold import trustworthiness as score
-
-    if len(x) <= 2 * TRUSTWORTHINESS_NEIGHBOURS:
-        return None
-    return float(score(x, y, n_neighbors=TRUSTWORTHINESS_NEIGHBOURS))
-
-
-def sklearn_reference(x: np.ndarray, params: Any, seed: int) -> dict[str, float | None]:
-    """scikit-learn's (non-parametric) TSNE on the same rows, with the same perplexity,
-    dimension and early exaggeration; single-threaded (threads cost more than they save on a
-    busy machine at these sizes)."""
-    import time
-
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    started = time.perf_counter()
-    with threadpool_limits(limits=1):
-        reference = TSNE(
-            n_components=params.n_components,
-            perplexity=min(params.perplexity, len(x) - 1),
-            early_exaggeration=params.early_exaggeration,
-            random_state=seed,
-        )
-        embedded = reference.fit_transform(x.astype(np.float64))
-    return {
-        "sklearn_trustworthiness": trustworthiness(x, embedded),
-        "sklearn_kl_divergence": float(reference.kl_divergence_),
-        "sklearn_seconds": time.perf_counter() - started,
-    }
-
-
-def train_tsne(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.core.training import Trainer, configure_determinism, device_name
-
-    p, training = spec.params, spec.training
-    configure_determinism(training)
-    rows = reduction.load_rows(context, "tsne")
-    try:
-        parts = split_indices(rows.rows, training.validation_split, 0.0, training.seed)
-    except ValueError as exc:
-        raise JobFailed("invalid_data", str(exc)) from exc
-    check_perplexity(p.perplexity, len(parts.train))
-    scaler = reduction.fit_scaler(spec, rows.raw[parts.train])
-    x = reduction.flat(scaler, rows.raw[parts.train])
-    x_val = reduction.flat(scaler, rows.raw[parts.validation])
-    objective = TsneObjective(p, x.shape[1])
-    trainer = Trainer(objective, training, reporter)
-    resumed = trainer.restore_checkpoint(context.checkpoint_dir, objective.load_weights)
-
-    def exaggerate(epochs_done: int) -> None:
-        early = epochs_done < p.exaggeration_epochs
-        objective.exaggeration.assign(p.early_exaggeration if early else 1.0)
-
-    exaggerate(trainer.start_epoch)
-    fit = trainer.fit(
-        x,
-        x_val if len(x_val) >= 2 else None,
-        checkpoint_dir=context.checkpoint_dir,
-        save_weights=objective.save_weights,
-        on_epoch_end=lambda epoch, step: exaggerate(epoch),
-    )
-    embedded = objective.embedding(x)
-    if not np.isfinite(embedded).all():
-        raise JobFailed("diverged", "the embedding holds NaN or infinite values")
-    sample = reduction.subsample(len(x), p.evaluation_rows, training.seed)
-    evaluation: dict[str, Any] = {
-        "kl_divergence": fit.final_loss,
-        "trustworthiness": trustworthiness(x[sample], embedded[sample]),
-        "trustworthiness_rows": len(sample),
-        "trustworthiness_neighbours": TRUSTWORTHINESS_NEIGHBOURS,
-    }
-    if len(x_val):
-        held = reduction.subsample(len(x_val), p.evaluation_rows, training.seed)
-        evaluation["trustworthiness_held_out"] = trustworthiness(
-            x_val[held], objective.embedding(x_val[held])
-        )
-    if p.compare_sklearn and len(sample) > 2 * TRUSTWORTHINESS_NEIGHBOURS:
-        evaluation.update(sklearn_reference(x[sample], p, training.seed))
-    reporter.progress(1.0, epochs=fit.epochs_run)
-    folder = context.workdir / "model"
-    files = save_model(objective, embedded, rows, parts.train, folder, training.seed)
-    model = ModelOutcome(
-        files=files,
-        input_shape=list(rows.feature_shape),
-        capabilities=["encode"],
-        preprocessing=scaler.to_dict(),
-        evaluation=evaluation,
-        pictures=["embedding"],
-    )
-    result = {
-        **evaluation,
-        **fit.summary(resumed=resumed),
-        "energy_units": "training loss: KL(αP‖Q) of a batch, in nats",
-    }
-    return RunOutcome(result=result, device=device_name(), model=model)
-
-
 def save_model(
     objective: TsneObjective,
     embedded: np.ndarray,
@@ -309,35 +196,28 @@ def draw_embedding(
     return png(figure)
 
 
-class TsneServable:
+class TsneServable(ScaledServable, DrawsOnePicture):
     """encode (the network's embedding of new rows) and the `embedding` picture."""
 
+    serves = ("encode",)
+    drawing = "embedding"
+
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
-        self.input_shape = tuple(int(s) for s in meta["input_shape"])
-        self.operations = list(meta.get("capabilities") or ["encode"])
-        self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
+        super().__init__(meta)
         self.encoder = keras.models.load_model(files["encoder"], compile=False, safe_mode=True)
         spec = [tf.TensorSpec((None, int(math.prod(self.input_shape))), tf.float32)]
         self._encode = tf.function(self._encode_fn, input_signature=spec)
         self.files = files
-        self._pictures: dict[str, bytes] = {}
 
     def _encode_fn(self, x: tf.Tensor) -> tf.Tensor:
         return self.encoder(x, training=False)
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
-        if operation not in self.operations or operation != "encode":
-            raise UnsupportedOperation(operation, self.operations)
-        assert inputs is not None
-        x = self.scaler.transform(np.asarray(inputs, dtype=np.float32)).reshape(len(inputs), -1)
+        x = self.scaled(operation, inputs, np.float32)
         return {"latents": self._encode(tf.constant(x.astype(np.float32, copy=False))).numpy()}
 
-    def picture(self, name: str, **options: Any) -> bytes:
-        if name != "embedding":
-            raise ValueError(f"no picture {name!r}; this model draws: embedding")
-        if name not in self._pictures:
-            with np.load(self.files["embedding"], allow_pickle=False) as saved:
-                colour = saved["colour"] if "colour" in saved.files else None
-                kind = str(saved["colour_type"]) if "colour_type" in saved.files else None
-                self._pictures[name] = draw_embedding(saved["embedding"], colour, kind)
-        return self._pictures[name]
+    def draw(self) -> bytes:
+        with np.load(self.files["embedding"], allow_pickle=False) as saved:
+            colour = saved["colour"] if "colour" in saved.files else None
+            kind = str(saved["colour_type"]) if "colour_type" in saved.files else None
+            return draw_embedding(saved["embedding"], colour, kind)

@@ -3,7 +3,7 @@ tree, where it is cut, how new rows are assigned by the linkage's own rule, and 
 
 Every row is clustered (as for the other clustering kinds). The tree is built from the condensed
 matrix of pairwise Euclidean distances, n(n − 1)/2 numbers, so memory and time grow with rows²:
-the job refuses data sets over `MAX_ROWS`.
+the job refuses data sets over `ml.clustering.hierarchical.MAX_ROWS`.
 """
 
 from __future__ import annotations
@@ -14,33 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from ml.clustering import shared as clustering
-from ml.core.preprocessing import Scaler
-from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
-from ml.core.serving import UnsupportedOperation, png
-from ml.reduction import shared as reduction
+from ml.core.reporting import Reporter
+from ml.core.serving import DrawsOnePicture, ScaledServable, png
 
-MAX_ROWS = 10_000
 MODEL_FILE = "hierarchical.npz"
 # The merge heights recorded as metric points: the last ones (the top of the tree).
 MAX_MERGE_POINTS = 1000
 # Query rows × training rows per block when predicting by member distances.
 PREDICT_BLOCK = 2**22
 DENDROGRAM_LEAVES = 30
-
-
-def too_many_rows(rows: int) -> str | None:
-    """Why `rows` is over the limit, or None when it is not."""
-    if rows <= MAX_ROWS:
-        return None
-    need = 8 * rows * (rows - 1) / 2 / 2**30
-    limit = 8 * MAX_ROWS * (MAX_ROWS - 1) / 2 / 2**20
-    return (
-        f"hierarchical clusters at most {MAX_ROWS} rows; the data set has {rows}. The merge tree "
-        f"is built from all pairwise distances, n(n − 1)/2 numbers: {limit:.0f} MiB at "
-        f"{MAX_ROWS} rows, {need:.1f} GiB (plus a working copy) for {rows}, and time grows as "
-        "n² too. Cluster a sample of the rows, or use kmeans"
-    )
 
 
 def build(x: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -152,33 +134,10 @@ def record_merges(tree: np.ndarray, reporter: Reporter) -> None:
         reporter.metrics(j + 1, {"merge_height": float(tree[j, 2]), "n_clusters": n - j - 1})
 
 
-def train_hierarchical(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
-    p = spec.params
-    rows = reduction.load_rows(context, "hierarchical")
-    reason = too_many_rows(rows.rows)
-    if reason is not None:
-        raise JobFailed("invalid_data", reason)
-    if rows.rows < 2:
-        raise JobFailed("invalid_data", f"hierarchical needs at least 2 rows; got {rows.rows}")
-    scaler = reduction.fit_scaler(spec, rows.raw)
-    x = reduction.flat(scaler, rows.raw, np.float64)
-    if p.n_clusters is not None:
-        clustering.check_cluster_count(x, p.n_clusters)
-    reporter.progress(0.05, rows=rows.rows)
-    tree, distances = build(x, p.linkage)
-    heights = tree[:, 2]
-    reporter.progress(0.7, rows=rows.rows)
-    record_merges(tree, reporter)
-    if p.n_clusters is not None:
-        k, height = p.n_clusters, cut_height(heights, p.n_clusters)
-    else:
-        k, height = clusters_at(heights, p.distance_threshold), float(p.distance_threshold)
-    labels = cut(tree, k)
-    correlation = cophenetic_correlation(tree, distances)
-    del distances
-    scores = clustering.scores(rows.labels, labels)
-    assigner = Assigner.of(x, labels, p.linkage)
-    folder = context.workdir / "model"
+def save(
+    folder: Path, assigner: Assigner, tree: np.ndarray, labels: np.ndarray, height: float, k: int
+) -> Path:
+    """`hierarchical.npz`: what predicts (the assigner), the tree and where it was cut."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODEL_FILE
     np.savez(
@@ -189,34 +148,11 @@ def train_hierarchical(spec: Any, reporter: Reporter, context: RunContext) -> Ru
         centroids=assigner.centroids,
         linkage=tree,
         labels=labels,
-        method=np.str_(p.linkage),
+        method=np.str_(assigner.method),
         cut_height=np.float64(height),
         n_clusters=np.int64(k),
     )
-    evaluation = {
-        **scores,
-        "n_clusters": k,
-        "linkage": p.linkage,
-        "cut_height": height,
-        "cophenetic_correlation": correlation,
-    }
-    model = ModelOutcome(
-        files={"hierarchical": path},
-        input_shape=list(rows.feature_shape),
-        capabilities=["predict"],
-        preprocessing=scaler.to_dict(),
-        evaluation=evaluation,
-        pictures=["dendrogram"],
-    )
-    result = {
-        **evaluation,
-        "cluster_sizes": clustering.sizes(labels, k),
-        "rows": rows.rows,
-        "top_merge_height": float(heights[-1]),
-        "distance": "euclidean, scaled",
-    }
-    reporter.progress(1.0, n_clusters=k)
-    return RunOutcome(result=result, device="cpu", model=model)
+    return path
 
 
 # --- serving --------------------------------------------------------------------------------
@@ -248,13 +184,14 @@ def draw_dendrogram(tree: np.ndarray, height: float, k: int, method: str) -> byt
     return png(figure)
 
 
-class HierarchicalServable:
+class HierarchicalServable(ScaledServable, DrawsOnePicture):
     """predict (clusters and the linkage's distance to each cluster) and the dendrogram."""
 
+    serves = ("predict",)
+    drawing = "dendrogram"
+
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
-        self.input_shape = tuple(int(s) for s in meta["input_shape"])
-        self.operations = list(meta.get("capabilities") or ["predict"])
-        self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
+        super().__init__(meta)
         with np.load(files["hierarchical"], allow_pickle=False) as saved:
             self.assigner = Assigner(
                 method=str(saved["method"]),
@@ -266,20 +203,9 @@ class HierarchicalServable:
             self.tree = saved["linkage"]
             self.height = float(saved["cut_height"])
             self.k = int(saved["n_clusters"])
-        self._pictures: dict[str, bytes] = {}
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
-        if operation not in self.operations or operation != "predict":
-            raise UnsupportedOperation(operation, self.operations)
-        assert inputs is not None
-        rows = np.asarray(inputs, dtype=np.float64)
-        x = self.scaler.transform(rows).reshape(len(rows), -1)
-        return self.assigner.predict(x)
+        return self.assigner.predict(self.scaled(operation, inputs, np.float64))
 
-    def picture(self, name: str, **options: Any) -> bytes:
-        if name != "dendrogram":
-            raise ValueError(f"no picture {name!r}; this model draws: dendrogram")
-        if name not in self._pictures:
-            method = self.assigner.method
-            self._pictures[name] = draw_dendrogram(self.tree, self.height, self.k, method)
-        return self._pictures[name]
+    def draw(self) -> bytes:
+        return draw_dendrogram(self.tree, self.height, self.k, self.assigner.method)

@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
-from ml.core.reporting import ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
@@ -43,21 +44,18 @@ KMeansSpec.example = {
     "preprocessing": {"scale": "standard"},
 }
 
-SERVES = frozenset({"predict"})
-
 
 @register_kind(
     name="kmeans",
     spec=KMeansSpec,
     summary="k-means clustering (k-means++, restarts); predicts clusters and distances.",
     category="model",
-    serves=SERVES,
-    servable="ml.kmeans:CentroidServable",
+    serves=clustering.CENTROID_SERVES,
+    servable=clustering.CENTROID_SERVABLE,
 )
 def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.clustering import shared as clustering
+    from ml.clustering.kmeans_tf import KMeans, KMeansRun
     from ml.core.training import device_name
-    from ml.kmeans import KMeans, KMeansRun, save_centroids
 
     p = spec.params
     data = clustering.prepare(spec, context, p.n_clusters)
@@ -75,7 +73,7 @@ def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome
     kmeans = KMeans(p.n_clusters, data.x.shape[1], max_iter=p.max_iter)
     best = kmeans.fit(data.x, n_init=p.n_init, tol=p.tol, seed=p.seed, on_restart=record)
     scores = clustering.scores(data.labels, best.labels)
-    path = save_centroids(context.workdir / "model", best.centroids)
+    path = clustering.save_centroids(context.workdir / "model", best.centroids)
     summary = {
         "inertia": best.inertia,
         "n_iter": best.n_iter,
@@ -83,12 +81,7 @@ def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome
         "best_restart": best.restart,
         "cluster_sizes": clustering.sizes(best.labels, p.n_clusters),
     }
-    model = ModelOutcome(
-        files={"centroids": path},
-        input_shape=list(data.feature_shape),
-        capabilities=sorted(SERVES),
-        preprocessing=data.scaler.to_dict(),
-        evaluation={**scores, "inertia": best.inertia},
-    )
+    evaluation = {**scores, "inertia": best.inertia}
+    model = data.model({"centroids": path}, clustering.CENTROID_SERVES, evaluation=evaluation)
     result = {**summary, **scores, "rows": data.rows, "distance": "squared euclidean, scaled"}
     return RunOutcome(result=result, device=device_name(), model=model)

@@ -1,0 +1,296 @@
+"""Kind `pca`: principal components computed with TensorFlow (exact SVD, or a randomised range
+finder for wide data); encodes rows, reconstructs them, and scores them by their standardised
+distance to the principal subspace, with a threshold calibrated like the autoencoder's. The
+decomposition, the fitted model's maths and its serving are in `ml.reduction.pca_model`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ml.anomaly.autoencoder import Labels
+from ml.anomaly.scoring import anomaly_mask, evaluate, threshold
+from ml.clustering.shared import model_outcome
+from ml.core.registry import register_kind
+from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.core.splits import split_indices, stratified_split_indices
+from ml.reduction import shared as reduction
+from ml.reduction.pca_model import (
+    MODEL_FILE,
+    Decomposition,
+    PcaModel,
+    components_for,
+    decompose,
+    resolve_method,
+)
+
+# A strict int: 1.0 is not read as "one component" (it would be a 100% variance target).
+Components = (
+    Annotated[int, Field(strict=True, ge=1, le=100_000)] | Annotated[float, Field(gt=0, lt=1)]
+)
+
+
+class PcaParams(StrictModel):
+    n_components: Components = Field(
+        0.95,
+        description="How many components to keep: an int, or a float in (0, 1) for the fewest "
+        "components whose cumulative explained-variance ratio exceeds it.",
+    )
+    whiten: bool = Field(
+        False, description="Divide each projection by √(its explained variance): unit variance."
+    )
+    method: Literal["auto", "svd", "randomized"] = Field(
+        "auto",
+        description="`svd`: exact; `randomized`: Halko et al.'s range finder (needs an int "
+        "n_components); `auto`: randomized when rows and features both exceed 500 and "
+        "n_components < 80% of min(rows, features), else svd.",
+    )
+    oversamples: int = Field(
+        10, ge=0, le=10_000, description="randomized: extra random directions."
+    )
+    power_iterations: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="randomized: passes over the data (default 7 when n_components < 10% of "
+        "min(rows, features), else 4).",
+    )
+    dtype: Literal["float64", "float32"] = Field(
+        "float64", description="Precision of the decomposition and of the stored model."
+    )
+    seed: int = Field(0, ge=0, lt=2**31, description="Splits and the randomised directions.")
+    validation_split: float = Field(
+        0.1, ge=0, lt=1, description="Rows held out to calibrate the score threshold."
+    )
+    contamination: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Expected anomaly share: the threshold is the (1 − c) quantile of held-out "
+        "normal scores.",
+    )
+    target_fpr: float | None = Field(
+        None, gt=0, lt=1, description="Set the threshold for this false-positive rate instead."
+    )
+    normal_label: Labels = Field(None, description="Label(s) of the normal class to fit on.")
+    anomaly_label: Labels = Field(
+        None, description="Label(s) of anomalies (default: the data set's anomaly class, if any)."
+    )
+    evaluation_split: float = Field(
+        0.2, ge=0, lt=0.9, description="Labelled rows held out for ROC-AUC / PR-AUC."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PcaParams:
+        if self.method == "randomized" and not isinstance(self.n_components, int):
+            raise ValueError(
+                "an explained-variance target (a float n_components) needs the whole spectrum: "
+                "use method `svd` or `auto`, or give an int n_components"
+            )
+        if self.normal_label is not None and self.anomaly_label is not None:
+            raise ValueError("give normal_label or anomaly_label, not both")
+        return self
+
+
+class PcaSpec(JobSpec):
+    kind: Literal["pca"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: PcaParams = Field(default_factory=PcaParams)
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+    def data_problem(self, rows: int, features: int) -> str | None:
+        k = self.params.n_components
+        if isinstance(k, int) and k > features:
+            return (
+                f"n_components = {k} is more than the {features} features of {self.dataset}: "
+                f"ask for at most {features}"
+            )
+        return None
+
+
+PcaSpec.example = {
+    "kind": "pca",
+    "name": "digits-pca",
+    "dataset": "builtin:digits",
+    "params": {"n_components": 0.9, "whiten": False, "method": "auto"},
+    "preprocessing": {"scale": "standard"},
+}
+
+SERVES = frozenset({"encode", "reconstruct", "score"})
+# Per-feature residual variance floor for the standardised score (as the autoencoder's).
+VARIANCE_FLOOR = 1e-6
+# Components recorded in the metric history (the spectrum of very wide data is cut here).
+MAX_SERIES = 1000
+
+
+@register_kind(
+    name="pca",
+    spec=PcaSpec,
+    summary="Principal component analysis: projections, reconstructions and anomaly scores.",
+    category="model",
+    serves=SERVES,
+    servable="ml.reduction.pca_model:PcaServable",
+)
+def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    p = spec.params
+    rows = reduction.load_rows(context, "pca")
+    parts = split(rows, p)
+    dtype = np.float64 if p.dtype == "float64" else np.float32
+    check_components(p.n_components, len(parts.fit), rows.features)
+    scaler = reduction.fit_scaler(spec, rows.raw[parts.fit])
+
+    def scaled(idx: np.ndarray) -> np.ndarray:
+        return reduction.flat(scaler, rows.raw[idx], dtype)
+
+    x_fit = scaled(parts.fit)
+    n, d = x_fit.shape
+    full, kept = fit_components(x_fit, p, reporter)
+    k, method = len(kept.components), kept.method
+    model = PcaModel(kept.mean, kept.components, kept.explained_variance, p.whiten)
+    x_cal = scaled(parts.calibration)
+    held_out = x_cal if len(x_cal) else x_fit
+    variance = np.concatenate([model.residual(x_fit), model.residual(x_cal)]).var(axis=0)
+    model.residual_variance = np.maximum(variance, VARIANCE_FLOOR).astype(dtype)
+    normal_scores = model.score(held_out)
+    cut = threshold(normal_scores, p.contamination, p.target_fpr)
+    reporter.progress(0.8, n_components=k)
+    anomaly: dict[str, Any] = {}
+    if parts.truth is not None and len(parts.evaluation):
+        anomaly = evaluate(model.score(scaled(parts.evaluation)), parts.truth, cut)
+    reconstruction_error = float(np.mean(model.residual(held_out) ** 2))
+    path = model.save(context.workdir / "model" / MODEL_FILE)
+    ratio = kept.ratio
+    evaluation = {
+        "n_components": k,
+        "method": method,
+        "explained_variance": [float(v) for v in kept.explained_variance],
+        "explained_variance_ratio": [float(v) for v in ratio],
+        "total_explained_variance_ratio": float(ratio.sum()),
+        "reconstruction_error": reconstruction_error,
+        **anomaly,
+    }
+    calibration = {
+        "threshold": cut,
+        "contamination": p.contamination,
+        "target_fpr": p.target_fpr,
+        "calibration_rows": len(held_out),
+        "score": "standardized_reconstruction_error",
+    }
+    outcome = model_outcome(
+        {"pca": path},
+        rows.feature_shape,
+        scaler,
+        SERVES,
+        calibration=calibration,
+        evaluation=evaluation,
+    )
+    result = {
+        "n_components": k,
+        "method": method,
+        "total_explained_variance_ratio": float(ratio.sum()),
+        "total_variance": full.total_variance,
+        "rows": n,
+        "features": d,
+        "reconstruction_error": reconstruction_error,
+        "threshold": cut,
+        "energy_units": "variance of the scaled features",
+        **{key: v for key, v in anomaly.items() if key in ("roc_auc", "pr_auc")},
+    }
+    reporter.progress(1.0, n_components=k)
+    return RunOutcome(result=result, device=_device(), model=outcome)
+
+
+def fit_components(
+    x: np.ndarray, params: PcaParams, reporter: Reporter
+) -> tuple[Decomposition, Decomposition]:
+    """The decomposition of the rows x (its spectrum recorded) and the components kept of it."""
+    n, d = x.shape
+    wanted = params.n_components
+    method = resolve_method(params.method, wanted, n, d)
+    reporter.progress(0.1, method=method)
+    full = decompose(
+        x,
+        method=method,
+        # randomized only ever for an int n_components (the params' check, `resolve_method`)
+        n_components=wanted if method == "randomized" and isinstance(wanted, int) else None,
+        oversamples=params.oversamples,
+        power_iterations=params.power_iterations,
+        seed=params.seed,
+    )
+    spectrum_points(full, reporter)
+    k = wanted if isinstance(wanted, int) else components_for(wanted, full.ratio)
+    return full, full.keep(k)
+
+
+@dataclass
+class Parts:
+    fit: np.ndarray  # indices of the rows the components are fitted on (normal rows only)
+    calibration: np.ndarray  # held-out normal rows: the score threshold
+    evaluation: np.ndarray  # labelled rows held out for ROC-AUC
+    truth: np.ndarray | None  # True = anomaly, for the evaluation rows
+
+
+def split(rows: reduction.Rows, params: Any) -> Parts:
+    y = rows.y if rows.y is not None and rows.y.ndim == 1 else None
+    truth = anomaly_mask(y, params, rows.anomaly_label)
+    try:
+        if truth is not None:
+            labels = truth.astype(np.int64)
+            parts = stratified_split_indices(
+                labels, params.validation_split, params.evaluation_split, params.seed
+            )
+            normal = ~truth
+            return Parts(
+                fit=parts.train[normal[parts.train]],
+                calibration=parts.validation[normal[parts.validation]],
+                evaluation=parts.evaluation,
+                truth=truth[parts.evaluation],
+            )
+        parts = split_indices(rows.rows, params.validation_split, 0.0, params.seed)
+    except ValueError as exc:
+        raise JobFailed("invalid_data", str(exc)) from exc
+    return Parts(parts.train, parts.validation, parts.evaluation, None)
+
+
+def check_components(n_components: int | float, rows: int, features: int) -> None:
+    if rows < 2:
+        raise JobFailed("invalid_data", f"PCA needs at least 2 rows to fit on; got {rows}")
+    if isinstance(n_components, int):
+        if n_components > features:
+            raise JobFailed(
+                "invalid_data",
+                f"n_components = {n_components} is more than the {features} features of the "
+                f"data set: ask for at most {features}",
+            )
+        if n_components > rows:
+            raise JobFailed(
+                "invalid_data",
+                f"n_components = {n_components} is more than the {rows} rows PCA is fitted on "
+                f"(at most min(rows, features) components exist): ask for at most {rows}",
+            )
+
+
+def spectrum_points(decomposition: Decomposition, reporter: Reporter) -> None:
+    """One point per component index (step 1 = the first component)."""
+    ratio = decomposition.ratio
+    cumulative = np.cumsum(ratio)
+    for j in range(min(len(ratio), MAX_SERIES)):
+        reporter.metrics(
+            j + 1,
+            {
+                "explained_variance": float(decomposition.explained_variance[j]),
+                "explained_variance_ratio": float(ratio[j]),
+                "cumulative_explained_variance_ratio": float(cumulative[j]),
+                "singular_value": float(decomposition.singular_values[j]),
+            },
+        )
+
+
+def _device() -> str:
+    import tensorflow as tf
+
+    return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
