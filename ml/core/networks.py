@@ -58,14 +58,6 @@ class Stack:
         return [v for layer in self.layers for v in layer.trainable_variables]
 
 
-def dense_stack(
-    sizes: Sequence[int], activation: str, out: int, out_activation: str | None
-) -> Stack:
-    layers = [keras.layers.Dense(s, activation=activation) for s in sizes]
-    layers.append(keras.layers.Dense(out, activation=out_activation))
-    return Stack(layers, set(range(len(sizes))))
-
-
 def encoder_trunk(
     input_shape: Sequence[int], hidden: Sequence[int], activation: str, conv: bool
 ) -> Stack:
