@@ -140,18 +140,20 @@ def _dataset(
     )
 
 
+def _unreadable(exc: Exception, what: str, objects: str, fix: str) -> DataError:
+    """Why `np.load` refused a `what` file: Python `objects` in it (then how to `fix` that), or
+    not a readable file at all."""
+    if isinstance(exc, ValueError) and ("allow_pickle" in str(exc) or "Object arrays" in str(exc)):
+        return DataError(f"{objects}, which are not loaded (no pickles); {fix}")
+    return DataError(f"not a readable {what} file: {exc}")
+
+
 def _read_npy(path: Path, _: str | None) -> Dataset:
     try:
         x = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise DataError(
-                "the array holds Python objects, which are not loaded (no pickles); save a "
-                "numeric array with numpy.save"
-            ) from exc
-        raise DataError(f"not a readable .npy file: {exc}") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(f"not a readable .npy file: {exc}") from exc
+    except (ValueError, OSError, EOFError) as exc:
+        objects = "the array holds Python objects"
+        raise _unreadable(exc, ".npy", objects, "save a numeric array with numpy.save") from exc
     if not isinstance(x, np.ndarray):
         raise DataError("not a .npy file; for several arrays upload an .npz with x and y")
     return _dataset(x, None, description="uploaded NumPy array")
@@ -171,15 +173,9 @@ def _read_npz(path: Path, _: str | None) -> Dataset:
             y = archive["y"] if "y" in archive.files else None
     except DataError:
         raise
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
-            raise DataError(
-                "an array in the .npz holds Python objects, which are not loaded (no pickles); "
-                "save numeric arrays"
-            ) from exc
-        raise DataError(f"not a readable .npz file: {exc}") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"not a readable .npz file: {exc}") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        objects = "an array in the .npz holds Python objects"
+        raise _unreadable(exc, ".npz", objects, "save numeric arrays") from exc
     return _dataset(x, y, description="uploaded NumPy arrays")
 
 
