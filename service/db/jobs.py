@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.db import pagination
 from service.db.tables import Job
 from service.errors import ServiceError
 
@@ -44,20 +43,6 @@ def count_by_status(session: Session, *, api_key_id: str | None) -> dict[str, in
     return {status: int(count) for status, count in rows}
 
 
-def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, job_id = json.loads(base64.urlsafe_b64decode(padded))
-        return dt.datetime.fromisoformat(created), str(job_id)
-    except (ValueError, TypeError) as exc:
-        raise ServiceError("validation_error", "cursor is not one this service issued") from exc
-
-
 def list_page(
     session: Session,
     *,
@@ -72,15 +57,8 @@ def list_page(
         query = query.where(Job.status == status)
     if kind:
         query = query.where(Job.kind == kind)
-    if cursor:
-        created, last_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id))
-        )
-    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
-    jobs = list(rows)
-    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+    after = pagination.decode_position(cursor) if cursor else None
+    return pagination.page(session, query, Job, limit=limit, after=after)
 
 
 def unpublished(session: Session, *, older_than: dt.datetime, limit: int = 100) -> list[Any]:
