@@ -383,20 +383,9 @@ def finish(
     model_id: str | None = None,
 ) -> bool:
     """End the job (and drop its checkpoint manifest) if this attempt still owns it."""
-    values: dict[str, Any] = {
-        "status": status,
-        "finished_at": utcnow(),
-        "error_code": error_code,
-        "error_message": error_message,
-        "checkpoint": None,
-    }
-    for key, value in (
-        ("result", result),
-        ("device", device),
-        ("progress", progress),
-        ("model_id", model_id),
-    ):
-        if value is not None:
-            values[key] = value
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "checkpoint": None}
+    values |= {"error_code": error_code, "error_message": error_message}
+    extra = {"result": result, "device": device, "progress": progress, "model_id": model_id}
+    values |= {key: value for key, value in extra.items() if value is not None}
     outcome = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
     return outcome.rowcount == 1  # type: ignore[attr-defined]
