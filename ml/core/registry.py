@@ -155,7 +155,6 @@ def _lazy_loader(path: str) -> LoadFn:
 # The packages that hold kinds. Each lists, in `KIND_MODULES`, its modules that register a kind;
 # only those are imported to discover the kinds (the others may import TensorFlow at module level).
 FAMILIES = (
-    "ml.kinds",
     "ml.simulation",
     "ml.clustering",
     "ml.generative",
