@@ -10,41 +10,24 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ml.clustering.dcn import DcnSpec
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.reporting import JobFailed
-from ml.kinds.dcn import DcnSpec
-from tests.ml.kinds.test_autoencoder import TELEMETRY, serve, train
+from tests.ml.anomaly.test_autoencoder import TELEMETRY, serve, train
+from tests.ml.clustering.deep_setup import FAST, four_blobs
+from tests.ml.clustering.deep_setup import PARAMS as COMMON
+from tests.ml.clustering.deep_setup import fit as fit_kind
 
-FAST = {
-    "epochs": 4,
-    "batch_size": 32,
-    "seed": 0,
-    "deterministic": True,
-    "telemetry": {"every_steps": 5},
-}
-PARAMS = {
-    "n_clusters": 4,
-    "latent_dim": 3,
-    "hidden": [16],
-    "pretrain_epochs": 3,
-    "clustering_weight": 0.5,
-    "tol": 0.0,
-    "n_init": 3,
-}
+PARAMS = {**COMMON, "clustering_weight": 0.5, "n_init": 3}
 
 
 @pytest.fixture(scope="module")
 def blobs() -> Dataset:
-    """Four Gaussian blobs in 10-D, 100 rows each."""
-    rng = np.random.default_rng(1)
-    centres = 3.0 * rng.standard_normal((4, 10))
-    x = np.concatenate([c + rng.standard_normal((100, 10)) for c in centres]).astype(np.float32)
-    return Dataset(x=x, y=np.repeat(np.arange(4), 100), name="blobs", label_type="class")
+    return four_blobs()
 
 
 def fit(tmp: Path, data: Dataset, **overrides: Any) -> tuple[Any, Any]:
-    spec = {"params": {**PARAMS, **overrides.pop("params", {})}, "training": FAST, **overrides}
-    return train("dcn", spec, tmp, data)
+    return fit_kind("dcn", PARAMS, tmp, data, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +80,8 @@ def test_centroid_updates_are_the_papers_count_weighted_steps() -> None:
     is the running mean (c_k m_k + Σ z_i) / (c_k + n_k)."""
     import tensorflow as tf
 
+    from ml.clustering.dcn_tf import Clusters
     from ml.core.reporting import MemoryReporter
-    from ml.dcn import Clusters
 
     rng = np.random.default_rng(0)
     z = rng.standard_normal((50, 2)).astype(np.float32)
@@ -127,6 +110,33 @@ def test_centroid_updates_are_the_papers_count_weighted_steps() -> None:
     assert changed == pytest.approx(np.mean(nearest != 0))
     assert set(reporter.points) == {"kmeans_loss", "changed_fraction"}
     assert list(reporter.points["kmeans_loss"]) == [7]
+
+
+def test_a_centroid_update_counts_the_rows_trained_since_the_last() -> None:
+    """Updating every half epoch, all rows stand in for the half trained: the counts grow by
+    n_k / 2 and the step is m_k ← (c_k m_k + Σ z_i / 2) / (c_k + n_k / 2)."""
+    import tensorflow as tf
+
+    from ml.clustering.dcn_tf import Clusters
+    from ml.clustering.deep import epoch_share
+    from ml.core.reporting import MemoryReporter
+
+    assert epoch_share(26, 32, 400) == pytest.approx(2.0)  # 13 steps an epoch
+    z = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0]], dtype=np.float32)
+
+    class Fixed:  # an objective whose network is frozen: latents are z
+        centres = tf.Variable(np.array([[1.0, 1.0], [9.0, 9.0]], dtype=np.float32))
+
+        def latents(self, x: np.ndarray) -> np.ndarray:
+            return z
+
+    state = Clusters(Fixed(), z, None, MemoryReporter(), share=epoch_share(5, 40, 400))
+    assert state.share == pytest.approx(0.5)  # 10 steps an epoch at batch size 40
+    state.counts, state.labels = np.array([3.0, 1.0]), np.array([0, 0, 1])
+    assert state.update(step=13) == 0.0
+    np.testing.assert_allclose(state.counts, [4.0, 1.5])
+    expected = [[(3.0 + 1.0) / 4.0, 3.0 / 4.0], [(9.0 + 5.0) / 1.5, (9.0 + 5.0) / 1.5]]
+    np.testing.assert_allclose(state.objective.centres.numpy(), expected, rtol=1e-6)
 
 
 def test_the_same_seed_gives_the_same_model(

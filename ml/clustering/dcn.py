@@ -1,6 +1,7 @@
 """Kind `dcn`: deep clustering network (Yang et al. 2017). An autoencoder is pre-trained, k-means
 runs in its latent space, then network updates on reconstruction + (λ/2)·‖f(x) − M s‖² (through
-the shared trainer, with its telemetry) alternate with assignment and centroid updates."""
+the shared trainer, with its telemetry) alternate with assignment and centroid updates, one every
+`update_interval` optimizer steps."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from typing import Literal
 
 from pydantic import Field
 
+from ml.clustering.deep_spec import (
+    DeepClusteringParams,
+    DeepClusteringSpec,
+    example,
+    training_field,
+)
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.training_config import TrainingConfig
-from ml.kinds.dec import DeepClusteringParams, DeepClusteringSpec
 
 
 class DcnParams(DeepClusteringParams):
@@ -27,27 +33,10 @@ class DcnParams(DeepClusteringParams):
 class DcnSpec(DeepClusteringSpec):
     kind: Literal["dcn"]
     params: DcnParams = Field(default_factory=DcnParams)
-    training: TrainingConfig = Field(
-        default_factory=TrainingConfig,
-        description="Both phases; `epochs` is the joint phase's (pre-training runs "
-        "`params.pretrain_epochs`). Every row is clustered: `validation_split` is not used.",
-    )
+    training: TrainingConfig = training_field("joint phase")
 
 
-DcnSpec.example = {
-    "kind": "dcn",
-    "name": "digits-dcn",
-    "dataset": "builtin:digits",
-    "params": {
-        "n_clusters": 10,
-        "latent_dim": 10,
-        "hidden": [128, 64],
-        "pretrain_epochs": 15,
-        "clustering_weight": 0.1,
-    },
-    "preprocessing": {"scale": "minmax"},
-    "training": {"epochs": 10, "batch_size": 128, "seed": 0},
-}
+DcnSpec.example = example("dcn", clustering_weight=0.1)
 
 SERVES = frozenset({"encode", "predict"})
 
@@ -58,9 +47,9 @@ SERVES = frozenset({"encode", "predict"})
     summary="Deep clustering network: an autoencoder trained jointly with k-means in its latents.",
     category="model",
     serves=SERVES,
-    servable="ml.dcn:DcnServable",
+    servable="ml.clustering.dcn_tf:DcnServable",
 )
 def run(spec: DcnSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.dcn import train_dcn
+    from ml.clustering.dcn_tf import train_dcn
 
     return train_dcn(spec, reporter, context)

@@ -10,34 +10,25 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ml.clustering.dec import DecSpec
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.reporting import JobFailed
-from ml.kinds.dec import DecSpec
-from tests.ml.kinds.test_autoencoder import TELEMETRY, serve, train
+from tests.ml.anomaly.test_autoencoder import TELEMETRY, serve, train
+from tests.ml.clustering.deep_setup import FAST, four_blobs
+from tests.ml.clustering.deep_setup import PARAMS as COMMON
+from tests.ml.clustering.deep_setup import fit as fit_kind
 
-FAST = {
-    "epochs": 4,
-    "batch_size": 32,
-    "seed": 0,
-    "deterministic": True,
-    "telemetry": {"every_steps": 5},
-}
 # A short pre-training leaves the latent k-means imperfect, which gives DEC something to improve.
-PARAMS = {"n_clusters": 4, "latent_dim": 3, "hidden": [16], "pretrain_epochs": 3, "tol": 0.0}
+PARAMS = COMMON
 
 
 @pytest.fixture(scope="module")
 def blobs() -> Dataset:
-    """Four Gaussian blobs in 10-D, 100 rows each."""
-    rng = np.random.default_rng(1)
-    centres = 3.0 * rng.standard_normal((4, 10))
-    x = np.concatenate([c + rng.standard_normal((100, 10)) for c in centres]).astype(np.float32)
-    return Dataset(x=x, y=np.repeat(np.arange(4), 100), name="blobs", label_type="class")
+    return four_blobs()
 
 
 def fit(tmp: Path, data: Dataset, **overrides: Any) -> tuple[Any, Any]:
-    spec = {"params": {**PARAMS, **overrides.pop("params", {})}, "training": FAST, **overrides}
-    return train("dec", spec, tmp, data)
+    return fit_kind("dec", PARAMS, tmp, data, **overrides)
 
 
 @pytest.fixture(scope="module")
