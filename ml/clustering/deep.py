@@ -216,7 +216,8 @@ def train(method: type[ClusterState], spec: Any, reporter: Reporter, context: Ru
         phase = PhaseReporter(reporter, 0.0, split)
         resumed = pretrain(autoencoder, data.x, spec, phase, context.checkpoint_dir / "pretrain")
     objective = method.build(autoencoder, spec, data.rows)
-    share = epoch_share(p.update_interval, training.batch_size, data.rows)
+    interval = p.steps_between_updates(training.batch_size, data.rows)
+    share = epoch_share(interval, training.batch_size, data.rows)
     state = method(objective, data.x, data.labels, reporter, share=share)
     trainer = Trainer(state.objective, training, PhaseReporter(reporter, split, 1.0))
     if trainer.restore_checkpoint(folder, state.load):
@@ -225,7 +226,7 @@ def train(method: type[ClusterState], spec: Any, reporter: Reporter, context: Ru
         state.start(latent_kmeans(state, p, training.seed))
     converged = bool(state.info.get("converged"))
     if not converged:
-        updates = UpdateEvery(state, p.update_interval, p.tol)
+        updates = UpdateEvery(state, interval, p.tol)
         trainer.fit(
             state.training_rows(),
             None,

@@ -3,6 +3,7 @@ latent space clustered, with a cluster update every `update_interval` optimizer 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -10,6 +11,8 @@ from pydantic import Field, model_validator
 from ml.anomaly.autoencoder import Activation
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 from ml.core.training_config import TrainingConfig
+
+PAPER_UPDATE_STEPS = 140
 
 
 class DeepClusteringParams(StrictModel):
@@ -26,14 +29,14 @@ class DeepClusteringParams(StrictModel):
     pretrain_epochs: int = Field(
         50, ge=0, le=100_000, description="Autoencoder epochs before clustering (0: none)."
     )
-    update_interval: int = Field(
-        140,
+    update_interval: int | None = Field(
+        None,
         ge=1,
         le=1000,
         description="Optimizer steps between two cluster updates (DEC: of the target "
         "distribution P; DCN: of assignments and centroids). Each update passes every row "
-        "through the encoder; 140 is Xie et al.'s T for MNIST (about half an epoch at batch "
-        "size 256): on a small data set, about an epoch's steps is a sensible choice.",
+        f"through the encoder. Default: {PAPER_UPDATE_STEPS} steps (Xie et al.'s T for MNIST, "
+        "about half an epoch at batch size 256) or one epoch's steps, whichever is fewer.",
     )
     tol: float = Field(
         0.001,
@@ -43,6 +46,12 @@ class DeepClusteringParams(StrictModel):
         "updates.",
     )
     n_init: int = Field(10, ge=1, le=1000, description="k-means restarts in the latent space.")
+
+    def steps_between_updates(self, batch_size: int, rows: int) -> int:
+        """`update_interval`, or its default for this many rows at this batch size."""
+        if self.update_interval is not None:
+            return self.update_interval
+        return min(PAPER_UPDATE_STEPS, math.ceil(rows / min(batch_size, rows)))
 
     @model_validator(mode="after")
     def _check(self) -> DeepClusteringParams:

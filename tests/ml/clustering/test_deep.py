@@ -56,3 +56,21 @@ def test_a_resumed_run_goes_on_with_the_clusters_in_force(
     assert points.series(metric)[0] == list(range(15, STEPS_RUN + 1, 5))
     assert resumed.result[metric] == pytest.approx(whole.result[metric], rel=1e-5)
     assert resumed.result["ari"] == whole.result["ari"]
+
+
+@pytest.mark.parametrize(
+    "rows, batch_size, expected",
+    [
+        (1797, 256, 8),  # digits: one epoch's steps, fewer than the paper's 140
+        (70_000, 256, 140),  # MNIST: the paper's T, about half an epoch
+        (100, 256, 1),  # fewer rows than a batch: one step an epoch
+    ],
+)
+def test_the_default_update_interval_is_the_papers_or_an_epoch(
+    rows: int, batch_size: int, expected: int
+) -> None:
+    from ml.clustering.deep_spec import DeepClusteringParams
+
+    assert DeepClusteringParams().steps_between_updates(batch_size, rows) == expected
+    chosen = DeepClusteringParams(update_interval=7)
+    assert chosen.steps_between_updates(batch_size, rows) == 7
