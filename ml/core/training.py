@@ -83,16 +83,6 @@ class Callback:
         `logs` holds `loss` (and `val_loss` with validation rows)."""
 
 
-class _EpochEndFunction(Callback):
-    """The older form of `fit(on_epoch_end=f)`: f(epoch, step) at each epoch's end."""
-
-    def __init__(self, fn: Callable[[int, int], None]) -> None:
-        self.fn = fn
-
-    def on_epoch_end(self, trainer: Trainer, epoch: int, step: int, logs: dict[str, float]) -> None:
-        self.fn(epoch, step)
-
-
 def _notify(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
     """Call `hook` of every callback in turn; True when one of them raised StopTraining."""
     stop = False
@@ -254,11 +244,9 @@ class Trainer(TrainingSteps):
         checkpoint_dir: Path | None = None,
         save_weights: Callable[[Path], None] | None = None,
         callbacks: Sequence[Callback] = (),
-        on_epoch_end: Callable[[int, int], None] | None = None,
     ) -> FitResult:
         """Train for `config.epochs`, resuming from `checkpoint_dir` when it holds a checkpoint;
-        `callbacks` hook into its steps and epochs (`on_epoch_end(epoch, step)`: the older form
-        of a callback's `on_epoch_end`)."""
+        `callbacks` hook into its steps and epochs."""
         batch = self._batch_size(len(x_train))
         self.prepare(x_train[:batch])
         run = _Run(
@@ -267,7 +255,7 @@ class Trainer(TrainingSteps):
             step=int(self.step_var.numpy()),
             checkpoint_dir=checkpoint_dir,
             save_weights=save_weights,
-            callbacks=[*callbacks, *([_EpochEndFunction(on_epoch_end)] if on_epoch_end else [])],
+            callbacks=list(callbacks),
         )
         epoch = self.start_epoch
         for epoch in range(self.start_epoch, self.config.epochs):

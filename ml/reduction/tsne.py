@@ -117,7 +117,7 @@ TRUSTWORTHINESS_NEIGHBOURS = 5
 )
 def run(spec: TsneSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.core.training import Trainer, configure_determinism, device_name
-    from ml.reduction.tsne_tf import TsneObjective, save_model
+    from ml.reduction.tsne_tf import EarlyExaggeration, TsneObjective, save_model
 
     p, training = spec.params, spec.training
     configure_determinism(training)
@@ -134,17 +134,14 @@ def run(spec: TsneSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     trainer = Trainer(objective, training, reporter)
     resumed = trainer.restore_checkpoint(context.checkpoint_dir, objective.load_weights)
 
-    def exaggerate(epochs_done: int) -> None:
-        early = epochs_done < p.exaggeration_epochs
-        objective.exaggeration.assign(p.early_exaggeration if early else 1.0)
-
-    exaggerate(trainer.start_epoch)
+    exaggeration = EarlyExaggeration(objective, p)
+    exaggeration.set(trainer.start_epoch)
     fit = trainer.fit(
         x,
         x_val if len(x_val) >= 2 else None,
         checkpoint_dir=context.checkpoint_dir,
         save_weights=objective.save_weights,
-        on_epoch_end=lambda epoch, step: exaggerate(epoch),
+        callbacks=[exaggeration],
     )
     embedded = objective.embedding(x)
     if not np.isfinite(embedded).all():

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from ml.core.networks import Stack, as_model, encoder_trunk
 from ml.core.serving import DrawsOnePicture, ScaledServable, png
+from ml.core.training import Callback
 from ml.reduction import shared as reduction
 
 BISECTION_STEPS = 24
@@ -137,6 +138,21 @@ class TsneObjective:
 
     def load_weights(self, folder: Path) -> None:
         self.model().load_weights(folder / "encoder.weights.h5")
+
+
+class EarlyExaggeration(Callback):
+    """t-SNE's early exaggeration: P scaled by `early_exaggeration` for the first
+    `exaggeration_epochs` epochs, then 1; set again at each epoch's end."""
+
+    def __init__(self, objective: TsneObjective, params: Any) -> None:
+        self.objective, self.params = objective, params
+
+    def set(self, epochs_done: int) -> None:
+        early = epochs_done < self.params.exaggeration_epochs
+        self.objective.exaggeration.assign(self.params.early_exaggeration if early else 1.0)
+
+    def on_epoch_end(self, trainer: Any, epoch: int, step: int, logs: dict[str, float]) -> None:
+        self.set(epoch)
 
 
 def save_model(

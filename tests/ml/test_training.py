@@ -244,15 +244,12 @@ def test_resume_from_a_checkpoint_continues_the_run(tmp_path: Path, deterministi
     reporter = MemoryReporter()
     trainer = Trainer(fresh, make_config(epochs=4, **RESUME), reporter)
     assert trainer.restore_checkpoint(folder, fresh.load)
-    epochs: list[tuple[int, int]] = []
+    recorder = Recorder()
     train, val = make_data()
     resumed = trainer.fit(
-        train,
-        val,
-        checkpoint_dir=folder,
-        save_weights=fresh.save,
-        on_epoch_end=lambda epoch, step: epochs.append((epoch, step)),
+        train, val, checkpoint_dir=folder, save_weights=fresh.save, callbacks=[recorder]
     )
+    epochs = [(epoch, step) for epoch, step, _ in recorder.epochs]
     assert epochs == [(3, 3 * STEPS_PER_EPOCH), (4, 4 * STEPS_PER_EPOCH)]
     assert reporter.points["epoch"] == {3 * STEPS_PER_EPOCH: 3.0, 4 * STEPS_PER_EPOCH: 4.0}
 
