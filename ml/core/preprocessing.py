@@ -91,23 +91,20 @@ class Scaler:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Scaled rows, in x's floating dtype (float32 stays float32)."""
+        return self._apply(x, lambda v, offset, scale: (v - offset) / scale)
+
+    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
+        """Rows back in the data's own units."""
+        return self._apply(z, lambda v, offset, scale: v * scale + offset)
+
+    def _apply(self, x: Any, fn: Any) -> np.ndarray:
         x = np.asarray(x)
         if self.identity and not self.fitted:
             return x
         self._check(x)
         dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
         assert self.offset is not None and self.scale is not None
-        return ((x - self.offset) / self.scale).astype(dtype, copy=False)
-
-    def inverse_transform(self, z: np.ndarray) -> np.ndarray:
-        """Rows back in the data's own units."""
-        z = np.asarray(z)
-        if self.identity and not self.fitted:
-            return z
-        self._check(z)
-        dtype = z.dtype if np.issubdtype(z.dtype, np.floating) else np.float64
-        assert self.offset is not None and self.scale is not None
-        return (z * self.scale + self.offset).astype(dtype, copy=False)
+        return np.asarray(fn(x, self.offset, self.scale)).astype(dtype, copy=False)
 
     def log_abs_det_jacobian(self) -> float:
         """Σ ln|scale_i| over every feature of one row (0 for `none`)."""

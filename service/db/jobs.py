@@ -52,13 +52,8 @@ def list_page(
     cursor: str | None,
 ) -> tuple[Sequence[Job], str | None]:
     """Newest first; the cursor is the last row's (created_at, id)."""
-    query = select(Job)
-    if status:
-        query = query.where(Job.status == status)
-    if kind:
-        query = query.where(Job.kind == kind)
-    after = pagination.decode_position(cursor) if cursor else None
-    return pagination.page(session, query, Job, limit=limit, after=after)
+    equal = {"status": status or None, "kind": kind or None}
+    return pagination.filtered_page(session, Job, equal=equal, limit=limit, cursor=cursor)
 
 
 def unpublished(session: Session, *, older_than: dt.datetime, limit: int = 100) -> list[Any]:

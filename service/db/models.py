@@ -75,13 +75,8 @@ def list_page(
     session: Session, *, name: str | None, kind: str | None, limit: int, cursor: str | None
 ) -> tuple[list[Model], str | None]:
     """Newest first; the cursor is the last row's (created_at, id)."""
-    query = select(Model)
-    if name:
-        query = query.where(Model.name == name)
-    if kind:
-        query = query.where(Model.kind == kind)
-    after = pagination.decode_position(cursor) if cursor else None
-    return pagination.page(session, query, Model, limit=limit, after=after)
+    equal = {"name": name or None, "kind": kind or None}
+    return pagination.filtered_page(session, Model, equal=equal, limit=limit, cursor=cursor)
 
 
 def delete(session: Session, *, model: Model) -> None:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from service.errors import ServiceError
@@ -96,3 +96,21 @@ def page(
     more = len(rows) > limit
     next_cursor = encode_position(rows[limit - 1], *tag) if more else None
     return rows[:limit], next_cursor
+
+
+def filtered_page(
+    session: Session,
+    table: type[Row],
+    *,
+    equal: dict[str, Any],
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Row], str | None]:
+    """A page of `table`'s rows whose columns equal the given values (None: any), newest
+    first, after the position in `cursor`."""
+    query = select(table)
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(getattr(table, column) == value)
+    after = decode_position(cursor) if cursor else None
+    return page(session, query, table, limit=limit, after=after)
