@@ -16,7 +16,6 @@ from ml.clustering.deep_spec import (
     training_field,
 )
 from ml.core.registry import register_kind
-from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.training_config import TrainingConfig
 
 
@@ -41,15 +40,12 @@ DcnSpec.example = example("dcn", clustering_weight=0.1)
 SERVES = frozenset({"encode", "predict"})
 
 
-@register_kind(
+register_kind(
     name="dcn",
     spec=DcnSpec,
     summary="Deep clustering network: an autoencoder trained jointly with k-means in its latents.",
     category="model",
     serves=SERVES,
     servable="ml.clustering.dcn_tf:DcnServable",
+    run="ml.clustering.dcn_tf:train_dcn",
 )
-def run(spec: DcnSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.clustering.dcn_tf import train_dcn
-
-    return train_dcn(spec, reporter, context)

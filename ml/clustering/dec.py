@@ -16,7 +16,6 @@ from ml.clustering.deep_spec import (
     training_field,
 )
 from ml.core.registry import register_kind
-from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.training_config import TrainingConfig
 
 
@@ -37,15 +36,12 @@ DecSpec.example = example("dec", alpha=1.0)
 SERVES = frozenset({"encode", "predict"})
 
 
-@register_kind(
+register_kind(
     name="dec",
     spec=DecSpec,
     summary="Deep embedded clustering: encodes rows and predicts soft cluster assignments.",
     category="model",
     serves=SERVES,
     servable="ml.clustering.dec_tf:DecServable",
+    run="ml.clustering.dec_tf:train_dec",
 )
-def run(spec: DecSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
-    from ml.clustering.dec_tf import train_dec
-
-    return train_dec(spec, reporter, context)

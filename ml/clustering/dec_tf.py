@@ -22,16 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from ml.anomaly.autoencoding import AutoencoderObjective
+from ml.clustering import deep
 from ml.clustering import shared as clustering
-from ml.clustering.deep import (
-    ClusterState,
-    DeepServable,
-    Evaluation,
-    LatentObjective,
-    batched,
-    save_model,
-    train,
-)
 from ml.clustering.kmeans_tf import KMeans, squared_distances
 from ml.core.reporting import JobFailed
 
@@ -57,7 +49,7 @@ def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.sum(np.where(p > 0, p * (np.log(np.maximum(p, 1e-30)) - np.log(safe)), 0.0), axis=1)
 
 
-class DecObjective(LatentObjective):
+class DecObjective(deep.LatentObjective):
     """KL(p_i ‖ q_i) per row; the encoder of `autoencoder` and the centres are trained."""
 
     def __init__(self, autoencoder: AutoencoderObjective, n_clusters: int, alpha: float, rows: int):
@@ -85,11 +77,11 @@ class DecObjective(LatentObjective):
         return kl, {}
 
     def soft_assignments(self, x: np.ndarray) -> np.ndarray:
-        return batched(self._q, x).astype(np.float64)
+        return deep.batched(self._q, x).astype(np.float64)
 
 
 @dataclass
-class Refinement(ClusterState):
+class Refinement(deep.ClusterState):
     """DEC's state: the centres and the target distribution P in force (saved with checkpoints)."""
 
     name = "dec"
@@ -143,15 +135,15 @@ class Refinement(ClusterState):
         self.objective.centres.assign(saved["centres"])
         self.objective.targets.assign(saved["targets"])
 
-    def evaluate(self, folder: Path) -> Evaluation:
+    def evaluate(self, folder: Path) -> deep.Evaluation:
         q = self.objective.soft_assignments(self.x)
         clusters = q.argmax(axis=1)
         targets = self.objective.targets.numpy().astype(np.float64)
         centres, alpha = self.objective.centres.numpy(), np.float64(self.objective.alpha)
-        return Evaluation(
+        return deep.Evaluation(
             clusters=clusters,
             scores=clustering.scores(self.truth, clusters),
-            files=save_model(self.objective.autoencoder, folder, centres=centres, alpha=alpha),
+            files=deep.save_model(self.objective.autoencoder, folder, centres=centres, alpha=alpha),
             result={
                 "kl_loss": float(kl_rows(targets, q).mean()),
                 "latent_kmeans_inertia": self.info.get("latent_kmeans_inertia"),
@@ -159,10 +151,10 @@ class Refinement(ClusterState):
         )
 
 
-train_dec = partial(train, Refinement)
+train_dec = partial(deep.train, Refinement)
 
 
-class DecServable(DeepServable):
+class DecServable(deep.DeepServable):
     """encode (latents) and predict (clusters and the soft assignment q) of a saved DEC model."""
 
     def read(self, saved: Mapping[str, np.ndarray]) -> None:

@@ -119,8 +119,10 @@ def register_kind(
     load: LoadFn | None = None,
     servable: str | None = None,
     plot: PlotLayout | None = None,
+    run: str | None = None,
 ) -> Callable[[RunFn], RunFn]:
-    """Decorate a kind's `run` function to register the kind under `name`.
+    """Register the kind `name`: decorate its `run` function, or name it as `run`, the
+    `"module:function"` imported when a job runs (so a kind's module stays light).
 
     Kinds that train a model pass `serves` (operation names) and either `servable`, the
     `"module:Class"` of its :class:`ml.core.serving.Servable` (built from the files and the models
@@ -130,14 +132,34 @@ def register_kind(
     if servable is not None:
         load = _lazy_loader(servable)
 
-    def decorate(run: RunFn) -> RunFn:
-        if name in _KINDS and _KINDS[name].run is not run:
+    def decorate(fn: RunFn) -> RunFn:
+        if name in _KINDS and _KINDS[name].run is not fn and not _same_path(_KINDS[name].run, fn):
             raise ValueError(f"kind {name!r} is registered twice")
         layout = plot or default_plot(category)
-        _KINDS[name] = Kind(name, spec, run, summary, category, serves, pictures, load, layout)
-        return run
+        _KINDS[name] = Kind(name, spec, fn, summary, category, serves, pictures, load, layout)
+        return fn
 
+    if run is not None:
+        decorate(_lazy_run(run))
     return decorate
+
+
+def _lazy_run(path: str) -> RunFn:
+    """A `run` that imports `module:function` when a job runs (in the job's process)."""
+    module_name, _, function_name = path.partition(":")
+
+    def run(spec: Any, reporter: Reporter, context: RunContext) -> RunOutcome:
+        function = getattr(importlib.import_module(module_name), function_name)
+        return function(spec, reporter, context)  # type: ignore[no-any-return]
+
+    run.path = path  # type: ignore[attr-defined]
+    return run
+
+
+def _same_path(a: RunFn, b: RunFn) -> bool:
+    """Two lazy runs of one `module:function` (a module imported again registers again)."""
+    path = getattr(a, "path", None)
+    return path is not None and path == getattr(b, "path", None)
 
 
 def _lazy_loader(path: str) -> LoadFn:
