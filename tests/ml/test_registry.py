@@ -1,0 +1,62 @@
+"""The registry: kinds found in their family packages; runs and servables named lazily."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pytest
+
+from ml.core import registry
+from ml.core.reporting import RunOutcome
+from ml.core.spec import JobSpec
+
+
+class LazySpec(JobSpec):
+    kind: Literal["lazy"]
+
+
+def lazy_run(spec: Any, reporter: Any, context: Any) -> RunOutcome:
+    return RunOutcome(result={"kind": spec.kind, "reporter": reporter})
+
+
+@pytest.fixture
+def unregister() -> Iterator[None]:
+    yield
+    registry._KINDS.pop("lazy", None)
+
+
+FAMILIES = {
+    "ml.simulation": {"cooling", "langevin", "ising", "jarzynski"},
+    "ml.clustering": {"kmeans", "annealing", "hierarchical", "dec", "dcn"},
+    "ml.generative": {"gan", "diffusion"},
+    "ml.reduction": {"pca", "tsne"},
+    "ml.anomaly": {"autoencoder", "vae"},
+}
+
+
+def test_every_family_registers_its_kinds() -> None:
+    known = set(registry.list_kinds())
+    for family, kinds in FAMILIES.items():
+        assert kinds <= known, family
+        for name in kinds:
+            assert registry.get_kind(name).spec.__module__.startswith(family + "."), name
+
+
+def test_a_run_named_as_module_and_function_is_imported_when_it_runs(unregister: None) -> None:
+    path = f"{__name__}:lazy_run"
+    registry.register_kind(name="lazy", spec=LazySpec, summary="t", category="model", run=path)
+    kind = registry.get_kind("lazy")
+    outcome = kind.run(LazySpec(kind="lazy"), "the reporter", None)
+    assert outcome.result == {"kind": "lazy", "reporter": "the reporter"}
+    # A module imported again registers again: the same path is no conflict, another one is.
+    registry.register_kind(name="lazy", spec=LazySpec, summary="t", category="model", run=path)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register_kind(
+            name="lazy", spec=LazySpec, summary="t", category="model", run="json:dumps"
+        )
+
+
+def test_an_unknown_kind_lists_the_known_ones() -> None:
+    with pytest.raises(registry.UnknownKind, match="known kinds: annealing, autoencoder"):
+        registry.get_kind("nope")
