@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from service.client_cli import add_client_commands
 from service.config import Settings, get_settings
@@ -37,23 +38,35 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _serve(settings: Settings, host: str, port: int, *, banner: str | None = None) -> None:
+def _serve(
+    settings: Settings, host: str, port: int, *, banner: str | None = None, workers: int = 1
+) -> None:
+    """Serve the API; with `workers` > 1, that many processes on one port (uvicorn restarts
+    one that dies, and each makes its app from the environment's settings). On SIGTERM, open
+    requests get `shutdown_grace` seconds to finish."""
     import uvicorn
 
-    from service.main import create_app
-
-    config = uvicorn.Config(
-        create_app(settings), host=host, port=port, log_level="info", access_log=False
-    )
-    server = uvicorn.Server(config)
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": "info",
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_grace,
+    }
     if banner:
         print(banner, flush=True)
-    server.run()
+    if workers > 1:
+        uvicorn.run("service.main:create_app", factory=True, workers=workers, **options)
+        return
+    from service.main import create_app
+
+    uvicorn.Server(uvicorn.Config(create_app(settings), **options)).run()
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     settings = get_settings()
-    _serve(settings, args.host or settings.host, args.port or settings.port)
+    host, port = args.host or settings.host, args.port or settings.port
+    _serve(settings, host, port, workers=args.workers)
     return 0
 
 
@@ -139,6 +152,13 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
     print("thermoml stopped", flush=True)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thermoml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="the HTTP API alone (THERMOML_DATABASE_URL, _BROKER_URL)")
     api.add_argument("--host")
     api.add_argument("--port", type=int)
+    api.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="API processes on the one port (default 1): a crashed or saturated one leaves "
+        "the others serving",
+    )
     api.set_defaults(func=cmd_api)
 
     worker = sub.add_parser("worker", help="a Celery worker consuming the given queues")

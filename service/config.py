@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     events_keepalive: float = Field(
         15.0, gt=0, description="Seconds of silence after which an event stream sends a comment."
     )
+    shutdown_grace: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Seconds the API gives open requests to finish after SIGTERM, then closes "
+        "them.",
+    )
 
 
 @lru_cache

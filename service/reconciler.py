@@ -8,9 +8,10 @@ live worker claim it, or fail it as `worker_lost` after `max_attempts`.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import threading
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,7 +65,11 @@ def _lost_in_broker(
 
 
 class Reconciler:
-    """Runs :func:`reconcile_once` every `settings.republish_interval` seconds in a thread."""
+    """Runs :func:`reconcile_once` every `settings.republish_interval` seconds in a thread.
+
+    Of the API processes sharing a data dir (`thermoml api --workers N`), one reconciles at a
+    time: the holder of a lock file, taken over by another process when the holder dies.
+    """
 
     def __init__(
         self, sessions: sessionmaker[Session], publisher: Publisher, settings: Settings
@@ -72,17 +77,37 @@ class Reconciler:
         self.sessions, self.publisher, self.settings = sessions, publisher, settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="thermoml-reconciler", daemon=True)
+        self._lock: IO[bytes] | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
+    def holds_lock(self) -> bool:
+        """Whether this process reconciles (taking the lock when it is free)."""
+        if self._lock is None:
+            folder = self.settings.data_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = (folder / "reconciler.lock").open("ab")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                return False
+            self._lock = handle
+        return True
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.republish_interval):
             try:
-                reconcile_once(self.sessions, self.publisher, self.settings)
+                if self.holds_lock():
+                    reconcile_once(self.sessions, self.publisher, self.settings)
             except Exception as exc:  # the database may be down; try again next pass
                 log.warning("reconciler pass failed: %s", exc)
