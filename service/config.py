@@ -76,6 +76,22 @@ class Settings(BaseSettings):
     max_queued_jobs_per_key: int = Field(
         1000, ge=1, description="Queued jobs one API key may have before submits answer 429."
     )
+    max_model_params: int = Field(
+        50_000_000,
+        ge=1,
+        description="Weights a job's model may have, estimated from its spec and data set at "
+        "submit (422 beyond): 200 MB of float32, ~1.4 GB with their training copies.",
+    )
+    job_memory_bytes: int = Field(
+        8 << 30,
+        ge=64 << 20,
+        description="Memory one job process may use (bytes): a submit whose estimated peak is "
+        "over it answers 422, and a job process whose resident memory passes it is killed and "
+        "fails as `out_of_memory`. One number for the API and every worker host.",
+    )
+    memory_poll_interval: float = Field(
+        0.2, gt=0, le=10, description="Seconds between reads of a job process's resident memory."
+    )
     bootstrap_admin_key: str | None = Field(
         None, min_length=16, description="An admin API key made at start-up (deployments)."
     )

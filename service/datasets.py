@@ -19,11 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from ml.core import datasets as ml_datasets
 from ml.core.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
 from ml.core.spec import JobSpec
+from service.config import Settings, get_settings
 from service.db import datasets as repo
 from service.db import pagination
 from service.db.base import new_id, utcnow
 from service.db.tables import Dataset as DatasetRow
 from service.errors import ServiceError
+from service.job_sizes import check as check_size
 from service.storage import ArtifactStore, dataset_key, dataset_prefix
 
 log = logging.getLogger("thermoml.datasets")
@@ -51,27 +53,35 @@ def _unknown(ref: str) -> str:
     )
 
 
-def check_ref(session: Session, spec: JobSpec) -> None:
-    """Refuse (422), at submit time, a spec whose `dataset` names no data set, or one on which
-    the job cannot run (`JobSpec.data_problem`, from the built-in's or the upload's shape)."""
+def check_ref(session: Session, spec: JobSpec, settings: Settings | None = None) -> None:
+    """Refuse (422), at submit time, a spec whose `dataset` names no data set, one on which
+    the job cannot run (`JobSpec.data_problem`, from the built-in's or the upload's shape), or
+    one too large for the limits of `settings` (`service.job_sizes`)."""
     ref = spec.dataset
     if ref is None:
         return
     # A kind that asks nothing of the shape does not pay for it: the first look at a built-in's
     # shape generates every built-in (~1 s).
-    asks = type(spec).data_problem is not JobSpec.data_problem
+    kind = type(spec)
+    asks = (
+        kind.data_problem is not JobSpec.data_problem
+        or kind.size_estimate is not JobSpec.size_estimate
+    )
     shape: tuple[int, int] | None = None
+    full: tuple[int, ...] | None = None
     if ref.startswith(BUILTIN_PREFIX):
         name = ref.removeprefix(BUILTIN_PREFIX)
         known = name in ml_datasets.builtin_names()
         if known and asks:
             builtin = next(b for b in ml_datasets.list_builtins() if b.name == name)
             shape = builtin.rows, builtin.features
+            full = tuple(int(s) for s in builtin.shape)
     else:
         row = repo.find(session, dataset_id=ref)
         known = row is not None
         if row is not None:
             shape = int(row.rows), int(row.features)
+            full = tuple(int(s) for s in row.shape)
     if not known:
         raise ServiceError(
             "validation_error",
@@ -85,6 +95,8 @@ def check_ref(session: Session, spec: JobSpec) -> None:
             f"body.params: {problem}",
             [{"field": "body.params", "message": problem, "type": "data_mismatch"}],
         )
+    if full is not None:
+        check_size(spec, full, settings or get_settings())
 
 
 def load(

@@ -3,12 +3,15 @@ normal data, and the thermodynamic training telemetry of every gradient-trained 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ml.anomaly.scoring import run_autoencoding
+from ml.anomaly.sizes import autoencoder_parameters
 from ml.core.registry import register_kind
+from ml.core.sizing import MAX_UNITS, SizeEstimate, Width, trained
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import TrainingConfig
 
@@ -20,8 +23,11 @@ Labels = int | list[int] | None
 
 
 class AutoencoderParams(StrictModel):
+    latent_heads: ClassVar[int] = 1  # dense layers onto the latent space
     latent_dim: int = Field(4, ge=1, le=4096)
-    hidden: list[int] = Field(default_factory=lambda: [32], max_length=8)
+    hidden: list[Width] = Field(
+        default_factory=lambda: [32], max_length=8, description=f"Layer widths, ≤ {MAX_UNITS}."
+    )
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0, lt=0.9)
     noise_std: float = Field(
@@ -75,6 +81,24 @@ class AutoencoderParams(StrictModel):
         """Whether the loss needs scaled inputs in [0, 1]."""
         return self.resolved_loss == "binary_crossentropy"
 
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...], batch_size: int) -> SizeEstimate:
+        """Weights and peak training memory on `rows` rows of `row_shape` (no TensorFlow)."""
+        estimate = SizeEstimate()
+        widths = autoencoder_parameters(
+            estimate,
+            row_shape,
+            hidden=self.hidden,
+            latent_dim=self.latent_dim,
+            architecture=self.architecture,
+            latent_heads=self.latent_heads,
+        )
+        self.add_own_parameters(estimate, row_shape)
+        features = math.prod(row_shape)
+        return trained(estimate, rows=rows, features=features, batch_size=batch_size, widths=widths)
+
+    def add_own_parameters(self, estimate: SizeEstimate, row_shape: tuple[int, ...]) -> None:
+        """Weights outside the networks: none."""
+
     def objective(self, input_shape: tuple[int, ...]) -> AutoencoderObjective:
         """The training objective these params describe, for rows of `input_shape`."""
         from ml.anomaly.autoencoding import AutoencoderObjective
@@ -89,6 +113,9 @@ class AutoencoderSpec(JobSpec):
     params: AutoencoderParams = Field(default_factory=AutoencoderParams)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     preprocessing: Preprocessing = preprocessing_field("standard")
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        return self.params.size_estimate(rows, row_shape, self.training.batch_size)
 
 
 AutoencoderSpec.example = {

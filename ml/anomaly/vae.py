@@ -3,19 +3,22 @@ F = distortion + β·rate (−ELBO), its anomaly score the −ELBO of a row."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import math
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
 from ml.anomaly.autoencoder import AutoencoderParams, AutoencoderSpec
 from ml.anomaly.scoring import run_autoencoding
 from ml.core.registry import register_kind
+from ml.core.sizing import SizeEstimate
 
 if TYPE_CHECKING:
     from ml.anomaly.autoencoding import VaeObjective
 
 
 class VaeParams(AutoencoderParams):
+    latent_heads: ClassVar[int] = 2  # the mean and the log variance
     beta: float = Field(1.0, gt=0, description="Weight of the rate: a temperature on it.")
     likelihood: Literal["gaussian", "bernoulli"] = Field(
         "gaussian", description="Decoder likelihood; bernoulli needs inputs in [0, 1] (minmax)."
@@ -24,6 +27,10 @@ class VaeParams(AutoencoderParams):
     @property
     def unit_interval_inputs(self) -> bool:
         return self.likelihood == "bernoulli" or super().unit_interval_inputs
+
+    def add_own_parameters(self, estimate: SizeEstimate, row_shape: tuple[int, ...]) -> None:
+        """The Gaussian decoder's log σ, one per data dimension (held for both likelihoods)."""
+        estimate.add_parameters("dataset", math.prod(row_shape))
 
     def objective(self, input_shape: tuple[int, ...]) -> VaeObjective:  # type: ignore[override]
         from ml.anomaly.autoencoding import VaeObjective

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.sizing import SizeEstimate, clustered
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 if TYPE_CHECKING:
@@ -69,6 +70,13 @@ class AnnealingSpec(JobSpec):
 
     def data_problem(self, rows: int, features: int) -> str | None:
         return too_many_clusters(self.params.max_clusters, rows, "max_clusters")
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        # rows × K float64: distances, the Gibbs posterior, its logarithm and a temporary
+        k, features = self.params.max_clusters, math.prod(row_shape)
+        return clustered(
+            rows=rows, features=features, k=k, name="params.max_clusters", item=8, work_copies=4
+        )
 
 
 AnnealingSpec.example = {

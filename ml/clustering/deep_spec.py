@@ -9,10 +9,14 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from ml.anomaly.autoencoder import Activation
+from ml.anomaly.sizes import autoencoder_parameters
+from ml.core.sizing import FLOAT, MAX_UNITS, SizeEstimate, Width, trained
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 from ml.core.training_config import TrainingConfig
 
 PAPER_UPDATE_STEPS = 140
+# rows × k float32 matrices of a cluster update: targets, assignments (float64: two) and distances
+CLUSTER_MATRICES = 6
 
 
 class DeepClusteringParams(StrictModel):
@@ -20,10 +24,10 @@ class DeepClusteringParams(StrictModel):
 
     n_clusters: int = Field(10, ge=1, le=1000, description="k; at most the number of rows.")
     latent_dim: int = Field(10, ge=1, le=4096, description="Size of the embedding z.")
-    hidden: list[int] = Field(
+    hidden: list[Width] = Field(
         default_factory=lambda: [256, 64],
         max_length=8,
-        description="Encoder layer sizes (the decoder mirrors them).",
+        description=f"Encoder layer sizes, each at most {MAX_UNITS} (the decoder mirrors them).",
     )
     activation: Activation = "relu"
     pretrain_epochs: int = Field(
@@ -47,11 +51,11 @@ class DeepClusteringParams(StrictModel):
     )
     n_init: int = Field(10, ge=1, le=1000, description="k-means restarts in the latent space.")
 
-    def steps_between_updates(self, batch_size: int, rows: int) -> int:
-        """`update_interval`, or its default for this many rows at this batch size."""
+    def steps_between_updates(self, steps_per_epoch: int) -> int:
+        """`update_interval`, or its default for epochs of this many optimizer steps."""
         if self.update_interval is not None:
             return self.update_interval
-        return min(PAPER_UPDATE_STEPS, math.ceil(rows / min(batch_size, rows)))
+        return min(PAPER_UPDATE_STEPS, steps_per_epoch)
 
     @model_validator(mode="after")
     def _check(self) -> DeepClusteringParams:
@@ -69,6 +73,20 @@ class DeepClusteringSpec(JobSpec):
 
     def data_problem(self, rows: int, features: int) -> str | None:
         return too_many_clusters(self.params.n_clusters, rows)
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        """The dense autoencoder on flattened rows and the centres; memory: its training, and
+        the rows × k assignments, targets and distances of the cluster updates."""
+        p, estimate = self.params, SizeEstimate()
+        features = math.prod(row_shape)
+        widths = autoencoder_parameters(
+            estimate, (features,), hidden=p.hidden, latent_dim=p.latent_dim, architecture="dense"
+        )
+        estimate.add_parameters("params.n_clusters", p.n_clusters * p.latent_dim)
+        batch = self.training.batch_size  # type: ignore[attr-defined]
+        trained(estimate, rows=rows, features=features, batch_size=batch, widths=widths)
+        estimate.add_memory("params.n_clusters", CLUSTER_MATRICES * rows * p.n_clusters * FLOAT)
+        return estimate
 
 
 def training_field(phase: str) -> Any:

@@ -5,6 +5,7 @@ data sets are limited to `MAX_ROWS` rows."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -14,6 +15,7 @@ from ml.clustering import agglomerative
 from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.sizing import DATA_COPIES, FLOAT, RUNTIME_BYTES, SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 from ml.reduction import shared as reduction
 
@@ -66,6 +68,15 @@ class HierarchicalSpec(JobSpec):
     def data_problem(self, rows: int, features: int) -> str | None:
         k = self.params.n_clusters
         return too_many_rows(rows) or (too_many_clusters(k, rows) if k is not None else None)
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        """The model keeps the rows; the merge tree needs their n(n − 1)/2 distances, twice."""
+        estimate, features = SizeEstimate(), math.prod(row_shape)
+        estimate.add_parameters("dataset", rows * features)
+        estimate.add_memory("runtime", RUNTIME_BYTES)
+        estimate.add_memory("dataset", rows * features * FLOAT * DATA_COPIES)
+        estimate.add_memory("dataset", 2 * 8 * rows * (rows - 1) // 2)
+        return estimate
 
 
 HierarchicalSpec.example = {

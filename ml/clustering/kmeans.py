@@ -3,6 +3,7 @@ model is the best restart's centroids, and it predicts clusters and squared dist
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field
@@ -10,6 +11,7 @@ from pydantic import Field
 from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.sizing import FLOAT, SizeEstimate, clustered
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
 
@@ -34,6 +36,13 @@ class KMeansSpec(JobSpec):
 
     def data_problem(self, rows: int, features: int) -> str | None:
         return too_many_clusters(self.params.n_clusters, rows)
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        # rows × k: the distances, their argmin's one-hot and k-means++'s candidates
+        k, features = self.params.n_clusters, math.prod(row_shape)
+        return clustered(
+            rows=rows, features=features, k=k, name="params.n_clusters", item=FLOAT, work_copies=3
+        )
 
 
 KMeansSpec.example = {

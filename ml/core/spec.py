@@ -6,9 +6,12 @@ model; the service builds the discriminated union from the registry.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from ml.core.sizing import SizeEstimate
 
 
 class StrictModel(BaseModel):
@@ -106,6 +109,12 @@ class JobSpec(StrictModel):
         """Why this job cannot run on a data set of `rows` rows and `features` features (None
         when it can). The service asks at submit time, knowing every data set's shape (422);
         the worker checks the loaded data again."""
+        return None
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate | None:
+        """This job's parameters and peak memory on `rows` rows of `row_shape`, by the spec
+        fields that set them (`ml.core.sizing`), or None when the kind has none worth checking.
+        Pure arithmetic: the service asks at submit time and refuses a job over the limits."""
         return None
 
     @property

@@ -4,15 +4,18 @@ bound as an anomaly score, and the forward chain's entropy production."""
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.sizing import FLOAT, MAX_UNITS, SizeEstimate, Width, trained, use_conv
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.training_config import TrainingConfig
 from ml.generative.params import evaluation_split_field
+from ml.generative.sizes import diffusion_parameters
 
 
 class DiffusionParams(StrictModel):
@@ -25,11 +28,11 @@ class DiffusionParams(StrictModel):
     )
     beta_start: float = Field(1e-4, gt=0, lt=1, description="linear: β_1.")
     beta_end: float = Field(0.02, gt=0, lt=1, description="linear: β_T.")
-    hidden: list[int] | None = Field(
+    hidden: list[Width] | None = Field(
         None,
         max_length=8,
         description="dense: widths of the ε-network's residual layers (default [256, 256, 256]); "
-        "conv: channels per U-Net level (default [16, 32]).",
+        f"conv: channels per U-Net level (default [16, 32]); each at most {MAX_UNITS}.",
     )
     architecture: Literal["auto", "dense", "conv"] = Field(
         "auto", description="`auto`: a small U-Net for image rows (H, W, C), an MLP otherwise."
@@ -74,6 +77,10 @@ class DiffusionParams(StrictModel):
         return [16, 32] if conv else [256, 256, 256]
 
 
+# The weights' training copies (`ml.core.sizing.WEIGHT_COPIES`) and their moving average.
+EMA_WEIGHT_COPIES = 8
+
+
 class DiffusionTraining(TrainingConfig):
     epochs: int = Field(40, ge=1, le=100_000)
     batch_size: int = Field(128, ge=2, le=65_536)
@@ -86,6 +93,29 @@ class DiffusionSpec(JobSpec):
     params: DiffusionParams = Field(default_factory=DiffusionParams)
     training: DiffusionTraining = Field(default_factory=DiffusionTraining)
     preprocessing: Preprocessing = preprocessing_field("standard")
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        p, estimate = self.params, SizeEstimate()
+        conv_rows = use_conv(p.architecture, row_shape)
+        widths = diffusion_parameters(
+            estimate,
+            row_shape,
+            hidden=p.resolved_hidden(conv_rows),
+            time_embedding=p.time_embedding,
+            conv_rows=conv_rows,
+        )
+        features = math.prod(row_shape)
+        trained(
+            estimate,
+            rows=rows,
+            features=features,
+            batch_size=self.training.batch_size,
+            widths=widths,
+            weight_copies=EMA_WEIGHT_COPIES,
+        )
+        # The bound's rows pass through the network once per stratum of t, a batch at a time.
+        estimate.add_memory("params.bound_rows", 4 * min(p.bound_rows, rows) * features * FLOAT)
+        return estimate
 
 
 DiffusionSpec.example = {

@@ -4,26 +4,29 @@ and discriminator (512-256); a small DCGAN for image rows."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.sizing import SizeEstimate, Width, trained, use_conv
 from ml.core.spec import JobSpec, Preprocessing, StrictModel
 from ml.core.training_config import TrainingConfig
 from ml.generative.params import evaluation_split_field
+from ml.generative.sizes import gan_parameters
 
 
 class GanParams(StrictModel):
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of the noise vector z ~ N(0, I).")
-    generator_hidden: list[int] = Field(
+    generator_hidden: list[Width] = Field(
         default_factory=lambda: [256, 512, 1024],
         min_length=1,
         max_length=8,
         description="dense: the generator's layers (Dense → LeakyReLU(0.2) → BatchNorm each).",
     )
-    discriminator_hidden: list[int] = Field(
+    discriminator_hidden: list[Width] = Field(
         default_factory=lambda: [512, 256],
         min_length=1,
         max_length=8,
@@ -64,6 +67,26 @@ class GanSpec(JobSpec):
         "gan maps on to [-1, 1] for the generator's tanh output; with `standard` or `none` the "
         "output is linear).",
     )
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        p, estimate = self.params, SizeEstimate()
+        widths = gan_parameters(
+            estimate,
+            row_shape,
+            latent_dim=p.latent_dim,
+            generator_hidden=p.generator_hidden,
+            discriminator_hidden=p.discriminator_hidden,
+            conv_rows=use_conv(p.architecture, row_shape),
+        )
+        # A generator step runs both networks on a batch of fakes, a discriminator step on
+        # real and fake rows: twice the activations of one pass.
+        return trained(
+            estimate,
+            rows=rows,
+            features=math.prod(row_shape),
+            batch_size=self.training.batch_size,
+            widths=[*widths, *widths],
+        )
 
 
 GanSpec.example = {

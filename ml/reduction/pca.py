@@ -5,6 +5,7 @@ decomposition, the fitted model's maths and its serving are in `ml.reduction.pca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from ml.anomaly.scoring import anomaly_mask, evaluate, threshold
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.sizing import RUNTIME_BYTES, SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.splits import split_indices, stratified_split_indices
 from ml.reduction import shared as reduction
@@ -32,6 +34,9 @@ from ml.reduction.pca_model import (
 Components = (
     Annotated[int, Field(strict=True, ge=1, le=100_000)] | Annotated[float, Field(gt=0, lt=1)]
 )
+
+
+DATA_COPIES = 4
 
 
 class PcaParams(StrictModel):
@@ -110,6 +115,25 @@ class PcaSpec(JobSpec):
                 f"ask for at most {features}"
             )
         return None
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        """The kept components; memory: the rows' copies and the decomposition's factors."""
+        p, estimate = self.params, SizeEstimate()
+        features = math.prod(row_shape)
+        side = min(rows, features)
+        k = p.n_components if isinstance(p.n_components, int) else side
+        item = 8 if p.dtype == "float64" else 4
+        estimate.add_parameters("params.n_components", k * features + features + k)
+        estimate.add_memory("runtime", RUNTIME_BYTES)
+        # raw, scaled, centred and the split's copy of the rows
+        estimate.add_memory("dataset", DATA_COPIES * rows * features * item)
+        if resolve_method(p.method, p.n_components, rows, features) == "randomized":
+            directions = min(side, k + p.oversamples)
+            factors = 3 * (rows + features) * directions
+        else:  # the thin SVD: U (rows × side), V (features × side), and TensorFlow's work copy
+            factors = 2 * (rows + features) * side
+        estimate.add_memory("params.method", factors * item)
+        return estimate
 
 
 PcaSpec.example = {

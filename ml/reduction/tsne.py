@@ -5,6 +5,7 @@ The loss, the network and the serving are in `ml.reduction.tsne_tf`."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -14,6 +15,7 @@ from ml.anomaly.autoencoder import Activation
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.sizing import FLOAT, MAX_UNITS, SizeEstimate, Width, chain, dense, trained
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.splits import split_indices
 from ml.core.training_config import OptimizerConfig, TrainingConfig
@@ -35,8 +37,10 @@ class TsneParams(StrictModel):
     exaggeration_epochs: int = Field(
         10, ge=0, le=100_000, description="Epochs trained on KL(αP‖Q) before α returns to 1."
     )
-    hidden: list[int] = Field(
-        default_factory=lambda: [256, 256], max_length=8, description="Network layer sizes."
+    hidden: list[Width] = Field(
+        default_factory=lambda: [256, 256],
+        max_length=8,
+        description=f"Network layer sizes, each at most {MAX_UNITS}.",
     )
     activation: Activation = "relu"
     evaluation_rows: int = Field(
@@ -84,6 +88,32 @@ class TsneSpec(JobSpec):
                 f"({self.training.epochs}): the last epochs fit the plain KL(P‖Q)"
             )
         return self
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+        return tsne_size(self, rows, row_shape)
+
+
+# Batch × batch matrices alive in a step: distances, P (and its search), Q, ln Q and gradients.
+PAIRWISE_MATRICES = 8
+# Rows × rows float64 matrices of scikit-learn's trustworthiness: the distances and their ranks.
+TRUST_MATRICES = 3
+
+
+def tsne_size(spec: TsneSpec, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
+    """The network's weights, the batch's pairwise matrices and the evaluation's."""
+    p, estimate = spec.params, SizeEstimate()
+    features = math.prod(row_shape)
+    body, last = chain(features, p.hidden)
+    estimate.add_parameters("params.hidden", body + dense(last, p.n_components))
+    batch = min(spec.training.batch_size, rows)
+    trained(estimate, rows=rows, features=features, batch_size=batch, widths=p.hidden)
+    estimate.add_memory("training.batch_size", PAIRWISE_MATRICES * batch * batch * FLOAT)
+    sample = min(p.evaluation_rows, rows)
+    estimate.add_memory("params.evaluation_rows", TRUST_MATRICES * sample * sample * 8)
+    if p.compare_sklearn:  # its neighbour graph: 3 × perplexity neighbours a row
+        neighbours = min(sample, 3 * int(p.perplexity) + 1)
+        estimate.add_memory("params.perplexity", TRUST_MATRICES * sample * neighbours * 8)
+    return estimate
 
 
 TsneSpec.example = {
