@@ -42,9 +42,7 @@ class Publisher(Protocol):
     def publish(self, job_id: str, *, queue: str, priority: int = 5) -> bool: ...
 
 
-class Publishable(Protocol):
-    """A job row, or a selected (id, queue, priority) row."""
-
+class Publishable(Protocol):  # a job row, or a selected (id, queue, priority) row
     id: str
     queue: str
     priority: int
@@ -85,6 +83,10 @@ def submit(
     try:
         with session.begin():
             _serialize_submits(session, scope)
+            # A request with the same key may have committed its job while this one waited.
+            key = idempotency_key
+            if key and (earlier := reads.find_idempotent(session, scope, key)) is not None:
+                return Submitted(_same_body(earlier, request_hash), replayed=True)
             _check_caps(session, settings, principal.key_id)
             job = create(
                 session,
@@ -157,21 +159,26 @@ def _replay(
     """The job an earlier request with this key made; None when there is none (or it expired,
     which frees the key); 409 when the key came with another body."""
     with session.begin():
-        existing = reads.find_idempotent(session, scope=scope, key=key)
+        existing = reads.find_idempotent(session, scope, key)
         if existing is None:
             return None
         if utcnow() - existing.created_at > dt.timedelta(seconds=settings.idempotency_ttl):
             existing.idempotency_key = None
             existing.idempotency_scope = None
             return None
-        if existing.request_hash != request_hash:
-            raise ServiceError(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body; "
-                "use a new key for a new job",
-                {"job_id": existing.id},
-            )
-        return existing
+        return _same_body(existing, request_hash)
+
+
+def _same_body(existing: Job, request_hash: str) -> Job:
+    """The earlier job of an Idempotency-Key; 409 when it came with another body."""
+    if existing.request_hash != request_hash:
+        raise ServiceError(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body; "
+            "use a new key for a new job",
+            {"job_id": existing.id},
+        )
+    return existing
 
 
 def _serialize_submits(session: Session, scope: str) -> None:

@@ -52,6 +52,14 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: MemoryError, or TensorFlow's ResourceExhaustedError (told by its
+    name, so that this module does not import TensorFlow)."""
+    if isinstance(exc, MemoryError):
+        return True
+    return any(t.__name__ == "ResourceExhaustedError" for t in type(exc).__mro__)
+
+
 def execute(job_id: str, *, worker: str) -> str | None:
     """The job's final status, or None when this delivery did not claim it (or lost it)."""
     settings = get_settings()
@@ -109,13 +117,8 @@ class JobRun:
             kind_name, spec_data, job_name = job.kind, job.spec, job.name
         log.info("job %s (%s) attempt %d started on %s", job_id, kind_name, attempt, worker)
         store = ArtifactStore.from_settings(settings)
-        runtime.remove_abandoned_work(job_id)
         folder = runtime.work_folder(job_id, os.getpid())
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
         context = RunContext(workdir=folder / "work", checkpoint_dir=folder / "checkpoints")
-        context.workdir.mkdir()
-        context.checkpoint_dir.mkdir()
         reporter = DbReporter(
             sessions,
             job_id=job_id,
@@ -126,6 +129,11 @@ class JobRun:
         checkpoints = artifacts.Checkpoints(
             sessions, store, job_id=job_id, attempt=attempt, folder=context.checkpoint_dir
         )
+        # The folders last: nothing that can fail comes between making them and the clean-up.
+        runtime.remove_abandoned_work(job_id)
+        shutil.rmtree(folder, ignore_errors=True)
+        context.workdir.mkdir(parents=True)
+        context.checkpoint_dir.mkdir()
         return cls(
             job_id, attempt, kind_name, job_name, spec_data, sessions, store, reporter, context,
             checkpoints, folder,
@@ -147,6 +155,10 @@ class JobRun:
         except Exception as exc:
             if database_unavailable(exc):
                 raise DatabaseUnavailable(self.job_id) from exc
+            if out_of_memory(exc):
+                log.warning("job %s ran out of memory: %s", self.job_id, exc)
+                message = f"the job ran out of memory ({type(exc).__name__}: {exc})"
+                return self.end("failed", error_code="out_of_memory", error_message=message[:2000])
             log.exception("job %s failed", self.job_id)
             return self.end(
                 "failed", error_code="internal", error_message=f"{type(exc).__name__}: {exc}"

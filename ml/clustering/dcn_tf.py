@@ -113,7 +113,7 @@ class Clusters(ClusterState):
         scores = clustering.scores(self.truth, kmeans.labels)
         self.reporter.metrics(0, {"kmeans_loss": float(distance.mean()), **scores})
 
-    def update(self, step: int, record: bool = True) -> float:
+    def update(self, step: int) -> float:
         """Assign every row, move the centroids (count-weighted); record `kmeans_loss` (mean
         squared latent distance to the assigned centroid, after the move), `changed_fraction`
         and, with class labels, `ari` and `nmi`. Returns the changed fraction."""
@@ -132,11 +132,10 @@ class Clusters(ClusterState):
         changed = float(np.mean(labels != self.labels))
         self.labels = labels
         self.info["changed_fraction"] = changed
-        if record:
-            _, distance = nearest(z, moved)
-            scores = clustering.scores(self.truth, labels)
-            values = {"kmeans_loss": float(distance.mean()), "changed_fraction": changed}
-            self.reporter.metrics(step, {**values, **scores})
+        _, distance = nearest(z, moved)
+        scores = clustering.scores(self.truth, labels)
+        values = {"kmeans_loss": float(distance.mean()), "changed_fraction": changed}
+        self.reporter.metrics(step, {**values, **scores})
         return changed
 
     def arrays(self) -> dict[str, np.ndarray]:

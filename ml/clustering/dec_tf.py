@@ -109,7 +109,7 @@ class Refinement(deep.ClusterState):
         self.info["latent_kmeans_inertia"] = kmeans.inertia
         self.update(0)
 
-    def update(self, step: int, record: bool = True) -> float:
+    def update(self, step: int) -> float:
         """Recompute P from Q on every row; record `kl_loss` = mean KL(P‖Q) with the new P and
         `changed_fraction` (rows whose cluster changed since the last update)."""
         q = self.objective.soft_assignments(self.x)
@@ -119,10 +119,9 @@ class Refinement(deep.ClusterState):
         self.objective.targets.assign(p.astype(np.float32))
         self.labels = labels
         self.info["changed_fraction"] = changed
-        if record:
-            scores = clustering.scores(self.truth, labels)
-            values = {"kl_loss": float(kl_rows(p, q).mean()), "changed_fraction": changed}
-            self.reporter.metrics(step, {**values, **scores})
+        scores = clustering.scores(self.truth, labels)
+        values = {"kl_loss": float(kl_rows(p, q).mean()), "changed_fraction": changed}
+        self.reporter.metrics(step, {**values, **scores})
         return changed
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -15,7 +15,6 @@ state in force, so a resumed run goes on with the targets or centroids of the la
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -128,7 +127,7 @@ class ClusterState:
         """Take the latent k-means as the first clustering (and record it at step 0)."""
         raise NotImplementedError
 
-    def update(self, step: int, record: bool = True) -> float:
+    def update(self, step: int) -> float:
         """The cluster update; returns the fraction of rows whose cluster changed."""
         raise NotImplementedError
 
@@ -174,9 +173,9 @@ class UpdateEvery(Callback):
             raise StopTraining
 
 
-def epoch_share(update_interval: int, batch_size: int, rows: int) -> float:
+def epoch_share(update_interval: int, steps_per_epoch: int) -> float:
     """The share of an epoch's rows trained between two updates."""
-    return update_interval / math.ceil(rows / min(batch_size, rows))
+    return update_interval / steps_per_epoch
 
 
 def pretrain(
@@ -216,10 +215,11 @@ def train(method: type[ClusterState], spec: Any, reporter: Reporter, context: Ru
         phase = PhaseReporter(reporter, 0.0, split)
         resumed = pretrain(autoencoder, data.x, spec, phase, context.checkpoint_dir / "pretrain")
     objective = method.build(autoencoder, spec, data.rows)
-    interval = p.steps_between_updates(training.batch_size, data.rows)
-    share = epoch_share(interval, training.batch_size, data.rows)
+    trainer = Trainer(objective, training, PhaseReporter(reporter, split, 1.0))
+    steps_per_epoch = trainer.steps_per_epoch(data.rows)
+    interval = p.steps_between_updates(steps_per_epoch)
+    share = epoch_share(interval, steps_per_epoch)
     state = method(objective, data.x, data.labels, reporter, share=share)
-    trainer = Trainer(state.objective, training, PhaseReporter(reporter, split, 1.0))
     if trainer.restore_checkpoint(folder, state.load):
         resumed = True
     else:

@@ -60,8 +60,10 @@ EPOCH_LOSS_ROWS = 2048
 
 class StopTraining(Exception):
     """Raised by a callback to end `fit` cleanly after the current step; FitResult.stopped_early
-    is True. Raised during an epoch, that epoch still ends as usual (its loss, checkpoint and
-    `on_epoch_end`), and the other callbacks still see the step."""
+    is True. Raised during an epoch, the epoch's remaining batches are skipped, but it ends as
+    usual (its loss, checkpoint and `on_epoch_end`) and the other callbacks still see the step.
+    The checkpoint does not record the stop: a resumed job trains on from the next epoch unless
+    the callback keeps its own record (as DEC's and DCN's `converged` flag does)."""
 
 
 class Callback:
@@ -264,6 +266,10 @@ class Trainer(TrainingSteps):
                 run.stopped_early = True
                 break
         return run.result(epochs_run=epoch + 1)
+
+    def steps_per_epoch(self, rows: int) -> int:
+        """Optimizer steps in an epoch of `rows` training rows (the batch shrinks to fit)."""
+        return math.ceil(rows / self._batch_size(rows))
 
     def _batch_size(self, n: int) -> int:
         batch = self.config.batch_size

@@ -25,7 +25,7 @@ def get(session: Session, *, job_id: str) -> Job:
     return job
 
 
-def find_idempotent(session: Session, *, scope: str, key: str) -> Job | None:
+def find_idempotent(session: Session, scope: str, key: str) -> Job | None:
     """The job created with this Idempotency-Key in this scope, if any."""
     return session.scalars(
         select(Job).where(Job.idempotency_scope == scope, Job.idempotency_key == key)

@@ -45,3 +45,16 @@ def test_concurrent_submits_never_pass_the_cap(capped: Settings) -> None:
     assert len(listed) == CAP
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_concurrent_retries_of_one_key_at_the_cap_all_get_the_job(settings: Settings) -> None:
+    """Retries of one request (same Idempotency-Key) are replays, never 429, even at the cap."""
+    app = create_app(settings.model_copy(update={"max_queued_jobs_per_key": 1}), reconcile=False)
+    app.state.publisher = RecordingPublisher(run_inline=False)
+    headers = {"Idempotency-Key": "retry-me"}
+    with TestClient(app) as client, ThreadPoolExecutor(10) as pool:
+        answers = list(
+            pool.map(lambda _: client.post("/v1/jobs", json=COOLING, headers=headers), range(10))
+        )
+    assert [a.status_code for a in answers] == [202] * 10
+    assert len({a.json()["id"] for a in answers}) == 1

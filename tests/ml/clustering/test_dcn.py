@@ -121,7 +121,7 @@ def test_a_centroid_update_counts_the_rows_trained_since_the_last() -> None:
     from ml.clustering.deep import epoch_share
     from ml.core.reporting import MemoryReporter
 
-    assert epoch_share(26, 32, 400) == pytest.approx(2.0)  # 13 steps an epoch
+    assert epoch_share(26, 13) == pytest.approx(2.0)  # 13 steps an epoch
     z = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 10.0]], dtype=np.float32)
 
     class Fixed:  # an objective whose network is frozen: latents are z
@@ -130,7 +130,7 @@ def test_a_centroid_update_counts_the_rows_trained_since_the_last() -> None:
         def latents(self, x: np.ndarray) -> np.ndarray:
             return z
 
-    state = Clusters(Fixed(), z, None, MemoryReporter(), share=epoch_share(5, 40, 400))
+    state = Clusters(Fixed(), z, None, MemoryReporter(), share=epoch_share(5, 10))
     assert state.share == pytest.approx(0.5)  # 10 steps an epoch at batch size 40
     state.counts, state.labels = np.array([3.0, 1.0]), np.array([0, 0, 1])
     assert state.update(step=13) == 0.0

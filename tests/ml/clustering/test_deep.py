@@ -63,14 +63,18 @@ def test_a_resumed_run_goes_on_with_the_clusters_in_force(
     [
         (1797, 256, 8),  # digits: one epoch's steps, fewer than the paper's 140
         (70_000, 256, 140),  # MNIST: the paper's T, about half an epoch
-        (100, 256, 1),  # fewer rows than a batch: one step an epoch
+        (101, 256, 2),  # fewer rows than a batch: the batch shrinks to 100, two steps
     ],
 )
 def test_the_default_update_interval_is_the_papers_or_an_epoch(
     rows: int, batch_size: int, expected: int
 ) -> None:
     from ml.clustering.deep_spec import DeepClusteringParams
+    from ml.core.training import Trainer
+    from ml.core.training_config import TrainingConfig
+    from tests.ml.test_training import LinearObjective
 
-    assert DeepClusteringParams().steps_between_updates(batch_size, rows) == expected
-    chosen = DeepClusteringParams(update_interval=7)
-    assert chosen.steps_between_updates(batch_size, rows) == 7
+    config = TrainingConfig.model_validate({"batch_size": batch_size})
+    steps = Trainer(LinearObjective(), config, None).steps_per_epoch(rows)  # type: ignore[arg-type]
+    assert DeepClusteringParams().steps_between_updates(steps) == expected
+    assert DeepClusteringParams(update_interval=7).steps_between_updates(steps) == 7
