@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
@@ -64,6 +65,33 @@ def _child(job_id: str, worker: str) -> None:
         os._exit(code)
 
 
+def resident_bytes(pid: int) -> int:
+    """The resident memory of process `pid` (Linux: VmRSS); 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _watch(pid: int, limit: int, interval: float) -> int | None:
+    """Wait for the job process; its wait status, or None when its resident memory passed
+    `limit` and it was killed. RSS is watched rather than RLIMIT_AS set: TensorFlow reserves
+    far more address space than it uses, and an address-space limit breaks it."""
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if resident_bytes(pid) > limit:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(interval)
+
+
 def _fail_dead_job(job_id: str, worker: str, code: str, message: str) -> None:
     """End a job whose process died before it could end the job itself."""
     with runtime.sessions()() as session:
@@ -97,13 +125,24 @@ def run_isolated(job_id: str, *, worker: str, time_limit: float) -> None:
 
 
 def _wait_for_child(pid: int, job_id: str, *, worker: str, time_limit: float) -> None:
+    settings = get_settings()
     try:
-        _, status = os.waitpid(pid, 0)
+        status = _watch(pid, settings.job_memory_bytes, settings.memory_poll_interval)
     except SoftTimeLimitExceeded:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         message = f"the job ran past its time limit of {time_limit:g} s"
         _fail_dead_job(job_id, worker, "time_limit", message)
+        return
+    if status is None:
+        limit = settings.job_memory_bytes
+        message = (
+            f"the job's process passed its memory limit of {limit / 2**30:.2f} GiB ({limit} bytes, "
+            "THERMOML_JOB_MEMORY_BYTES) and was stopped; make the model, the batch or the data "
+            "set smaller"
+        )
+        log.error("job %s: %s", job_id, message)
+        _fail_dead_job(job_id, worker, "out_of_memory", message)
         return
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
