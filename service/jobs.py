@@ -78,7 +78,7 @@ def submit(
         if replay is not None:
             return Submitted(replay, replayed=True)
     with session.begin():
-        datasets.check_ref(session, spec)
+        datasets.check_ref(session, spec, settings)
     job_id = new_id()
     try:
         with session.begin():
