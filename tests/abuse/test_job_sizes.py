@@ -108,3 +108,14 @@ def test_every_sized_kinds_example_fits_the_default_limits(kind: str) -> None:
     assert estimate is not None
     assert estimate.total_parameters <= defaults.max_model_params
     assert estimate.total_memory <= defaults.job_memory_bytes
+
+
+def test_the_apps_own_limits_apply_not_the_environments(settings: Settings) -> None:
+    """An app made with its own settings (not read from the environment) holds jobs to them."""
+    from service.main import create_app
+
+    app = create_app(settings.model_copy(update={"max_model_params": 1000}), reconcile=False)
+    app.state.publisher = RecordingPublisher(run_inline=False)
+    with TestClient(app) as small:
+        error = assert_error(small.post("/v1/jobs", json=autoencoder()), 422, "validation_error")
+    assert "over the limit of 1,000" in error["message"], error
