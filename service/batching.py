@@ -19,10 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
-from fastapi.concurrency import run_in_threadpool
 
 Compute = Callable[[np.ndarray], dict[str, Any]]
+Observe = Callable[[int, float], None]  # (rows, seconds) of every compute
 INLINE_BELOW_S = 0.002
 
 
@@ -43,10 +45,12 @@ class Batcher:
     rows: int = 0
     last_call_s: float | None = None  # how long the last compute took
     last_call_rows: int = 0  # on how many rows
+    threads: anyio.CapacityLimiter | None = None  # where computes run (None: AnyIO's default)
+    observe: Observe | None = None
 
     async def submit(self, rows: np.ndarray, *, alone: bool = False) -> dict[str, Any]:
         if len(rows) >= self.max_rows:  # already a batch: nothing to gain by waiting
-            return await run_in_threadpool(self.compute, rows)
+            return await anyio.to_thread.run_sync(self.compute, rows, limiter=self.threads)
         if alone and len(rows) <= self.last_call_rows and self._quick_and_idle():
             return self._timed(rows)  # no await: nothing else runs on the loop meanwhile
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -82,9 +86,14 @@ class Batcher:
         answer = self.compute(rows)
         self.last_call_s = time.perf_counter() - started
         self.last_call_rows = len(rows)
+        if self.observe is not None:
+            self.observe(len(rows), self.last_call_s)
         self.batches += 1
         self.rows += len(rows)
         return answer
+
+    async def _in_thread(self, rows: np.ndarray) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(self._timed, rows, limiter=self.threads)
 
     def _queued_rows(self) -> int:
         return sum(len(p.rows) for p in self.queue)
@@ -104,7 +113,7 @@ class Batcher:
         sizes = [len(p.rows) for p in batch]
         rows = batch[0].rows if len(batch) == 1 else np.concatenate([p.rows for p in batch])
         try:
-            answer = await run_in_threadpool(self._timed, rows)
+            answer = await self._in_thread(rows)
         except Exception as exc:  # every request of the batch gets the error
             for pending in batch:
                 if not pending.future.done():
@@ -113,6 +122,18 @@ class Batcher:
         for pending, part in zip(batch, split(answer, sizes), strict=True):
             if not pending.future.done():
                 pending.future.set_result(part)
+
+
+def join(parts: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """The inverse of `split`: per-row arrays of the parts concatenated, other values the first
+    part's."""
+    if len(parts) == 1:
+        return parts[0]
+    joined: dict[str, Any] = {}
+    for key, value in parts[0].items():
+        per_row = isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == sizes[0]
+        joined[key] = np.concatenate([part[key] for part in parts]) if per_row else value
+    return joined
 
 
 def split(answer: dict[str, Any], sizes: list[int]) -> list[dict[str, Any]]:

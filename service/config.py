@@ -61,6 +61,33 @@ class Settings(BaseSettings):
     batch_max_wait: float = Field(
         0.0, ge=0, le=1, description="Seconds a lone request waits for company (0: none)."
     )
+    inference_concurrency: int = Field(
+        4, ge=1, description="Requests one model computes at once outside micro-batches."
+    )
+    inference_queue: int = Field(
+        128,
+        ge=0,
+        description="Further requests one model admits (waiting, or in micro-batches); beyond "
+        "them a request answers 503 at once.",
+    )
+    inference_timeout: float = Field(
+        120.0, gt=0, description="Seconds an inference request may take before it answers 503."
+    )
+    inference_heavy_seconds: float = Field(
+        1.0, gt=0, description="Estimated seconds above which a request uses the heavy lane."
+    )
+    inference_heavy_concurrency: int = Field(
+        1, ge=1, description="Heavy requests one model computes at once."
+    )
+    inference_key_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of a model's admitted requests one API key may hold (beyond: 429).",
+    )
+    inference_threads: int = Field(
+        8, ge=1, description="Threads of model work in the API process (apart from routes')."
+    )
     model_ref_ttl: float = Field(
         2.0, ge=0, description="Seconds a resolved model reference is reused without a query."
     )

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from ml.core.registry import get_kind
 from ml.core.serving import Servable
+from service.admission import Admission
 from service.batching import Batcher
 from service.config import Settings
 from service.db import models as model_repo
@@ -98,6 +99,7 @@ class ModelCache:
         self.ref_ttl = settings.model_ref_ttl
         self._refs: dict[str, tuple[float, ModelInfo]] = {}
         self.in_flight = 0  # operations under way (a lone one may skip the batching path)
+        self.admission = Admission(settings)  # bounds per model, and the inference threads
 
     def known(self, ref: str) -> ModelInfo | None:
         """What `ref` resolved to less than `model_ref_ttl` seconds ago (never blocks)."""
@@ -157,15 +159,19 @@ class ModelCache:
     def batcher(self, info: ModelInfo, operation: str, max_rows: int, max_wait_s: float) -> Batcher:
         """The micro-batcher of one model's operation (made with the loaded model)."""
         servable = self.get(info)
+        gate = self.admission.gate(info.cache_key)
+        made = Batcher(
+            lambda x: servable.run(operation, x),
+            max_rows,
+            max_wait_s,
+            threads=self.admission.threads,
+            observe=lambda rows, seconds: gate.estimate(operation).update(rows, seconds),
+        )
         with self._lock:
             entry = self._entries.get(info.cache_key)
         if entry is None:  # evicted meanwhile: batch nothing
-            return Batcher(lambda x: servable.run(operation, x), max_rows, max_wait_s)
-        if operation not in entry.batchers:
-            entry.batchers[operation] = Batcher(
-                lambda x: servable.run(operation, x), max_rows, max_wait_s
-            )
-        return entry.batchers[operation]
+            return made
+        return entry.batchers.setdefault(operation, made)
 
     def ready_batcher(self, info: ModelInfo, operation: str) -> Batcher | None:
         """The batcher of a loaded model's operation, if it exists: a lookup that never blocks,
@@ -188,6 +194,7 @@ class ModelCache:
                 del self._entries[key]
         if dropped:
             release_memory()
+        self.admission.forget(model_id)
         shutil.rmtree(self.folder / model_id, ignore_errors=True)
 
     def _evict(self, incoming: int = 0) -> int:

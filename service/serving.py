@@ -4,21 +4,25 @@ pictures, from a model reference and a request body to the answer's arrays.
 An operation the model's kind does not serve is a 409 `unsupported_operation` naming what it
 serves; rows that do not fit the model are a 422 naming the expected shape. Rows are raw: the
 model applies its own preprocessing. Concurrent requests for one model are micro-batched
-(`THERMOML_BATCHING`).
+(`THERMOML_BATCHING`); every request is first admitted by its model's gate
+(`service.admission`), and long work runs in chunks (`service.chunks`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 from fastapi.concurrency import run_in_threadpool
 
 from ml.core.serving import UnsupportedOperation
-from service import bodies, prom
+from service import bodies, chunks, prom
+from service.admission import Disconnected, Gate, Ticket
 from service.config import Settings
 from service.errors import ServiceError
 from service.inference import ModelCache, ModelInfo, Sessions
@@ -58,35 +62,68 @@ async def run_rows(
     operation: str,
     body: Callable[[], Awaitable[bytes]],
     content_type: str,
+    key: str | None = None,
+    disconnected: Disconnected | None = None,
 ) -> dict[str, Any]:
     """One row operation: the model resolved and checked, then the body read and shaped, then
-    computed (micro-batched when batching is on)."""
+    admitted (or refused) and computed: micro-batched when batching is on and the rows are
+    light, else in chunks."""
     cache.in_flight += 1
     try:
         info = await model_info(cache, sessions, ref)
         check_serves(info, ref, operation)
         raw = bodies.read_rows(await body(), content_type, max_columns=math.prod(info.input_shape))
         x = shape_rows(raw, info, settings.max_inference_rows)
+        gate = cache.admission.gate(info.cache_key)
+        batched = settings.batching and len(x) < settings.batch_max_rows
+        ticket = gate.ticket(operation, len(x), key=key, batched=batched)
         started = time.perf_counter()
-        try:
-            answer = await _compute(cache, settings, info, operation, x)
-        except UnsupportedOperation as exc:
-            raise ServiceError("unsupported_operation", str(exc)) from exc
+        async with _admitted(gate, ticket, disconnected):
+            if not ticket.needs_slot:
+                answer = await _batched(cache, settings, info, operation, x)
+            else:
+                servable = await cache.admission.run_sync(cache.get, info)
+                answer = await chunks.run(
+                    cache.admission,
+                    gate,
+                    ticket,
+                    operation=operation,
+                    compute=lambda i, j: servable.run(operation, x[i:j]),
+                    total=len(x),
+                    chunk=chunks.row_chunk(gate, operation, settings.batch_max_rows),
+                    disconnected=disconnected,
+                )
         prom.observe_inference(info.kind, len(x), time.perf_counter() - started)
         return answer
     finally:
         cache.in_flight -= 1
 
 
-async def _compute(
+@asynccontextmanager
+async def _admitted(
+    gate: Gate, ticket: Ticket, disconnected: Disconnected | None
+) -> AsyncIterator[None]:
+    """The request admitted by its model's gate, run within its deadline, then let go; the
+    model's refusals as service errors."""
+    await gate.enter(ticket, disconnected)
+    try:
+        async with asyncio.timeout(max(0.0, ticket.deadline - time.monotonic())):
+            yield
+    except TimeoutError:
+        ticket.check_deadline()
+        raise
+    except UnsupportedOperation as exc:
+        raise ServiceError("unsupported_operation", str(exc)) from exc
+    finally:
+        gate.leave(ticket)
+
+
+async def _batched(
     cache: ModelCache, settings: Settings, info: ModelInfo, operation: str, x: np.ndarray
 ) -> dict[str, Any]:
-    if not settings.batching:
-        servable = await run_in_threadpool(cache.get, info)
-        return await run_in_threadpool(servable.run, operation, x)
     batcher = cache.ready_batcher(info, operation)
     if batcher is None:  # the model is not loaded yet: loading blocks
-        batcher = await run_in_threadpool(
+        batcher = await cache.admission.run_sync(
             cache.batcher, info, operation, settings.batch_max_rows, settings.batch_max_wait
         )
     return await batcher.submit(x, alone=cache.in_flight == 1)
@@ -128,9 +165,17 @@ def shape_rows(raw: np.ndarray | list[Any], info: ModelInfo, limit: int) -> np.n
 
 
 async def generate(
-    cache: ModelCache, sessions: Sessions, settings: Settings, *, ref: str, options: dict[str, Any]
+    cache: ModelCache,
+    sessions: Sessions,
+    settings: Settings,
+    *,
+    ref: str,
+    options: dict[str, Any],
+    key: str | None = None,
+    disconnected: Disconnected | None = None,
 ) -> dict[str, Any]:
-    """`options["n"]` samples (with the request's seed, sampler and steps)."""
+    """`options["n"]` samples (with the request's seed, sampler and steps), in chunks of
+    `chunks.GENERATE_CHUNK` when there are more."""
     n = int(options["n"])
     if n > settings.max_generate:
         raise ServiceError(
@@ -138,16 +183,30 @@ async def generate(
         )
     info = await model_info(cache, sessions, ref)
     check_serves(info, ref, "generate")
-    servable = await run_in_threadpool(cache.get, info)
+    # The estimate's unit is a sample-step: a diffusion model's cost grows with its steps.
+    steps = int(options.get("steps") or info.calibration.get("timesteps") or 1)
+    gate = cache.admission.gate(info.cache_key)
+    ticket = gate.ticket("generate", n * steps, key=key, batched=False)
+    chunked = chunks.generate_options(options) if n > chunks.GENERATE_CHUNK else options
     started = time.perf_counter()
     try:
-        answer = await run_in_threadpool(lambda: servable.run("generate", None, **options))
-    except UnsupportedOperation as exc:
-        raise ServiceError("unsupported_operation", str(exc)) from exc
-    except ValueError as exc:
+        async with _admitted(gate, ticket, disconnected):
+            servable = await cache.admission.run_sync(cache.get, info)
+            answer = await chunks.run(
+                cache.admission,
+                gate,
+                ticket,
+                operation="generate",
+                compute=lambda i, j: servable.run("generate", None, **{**chunked, "n": j - i}),
+                total=n,
+                chunk=lambda: chunks.GENERATE_CHUNK,
+                unit=steps,
+                disconnected=disconnected,
+            )
+    except ValueError as exc:  # options the model refuses (a sampler, steps beyond its chain)
         raise ServiceError("validation_error", str(exc)) from exc
     prom.observe_inference(info.kind, n, time.perf_counter() - started)
-    return answer  # type: ignore[no-any-return]
+    return answer
 
 
 async def picture(cache: ModelCache, sessions: Sessions, *, ref: str, name: str) -> bytes:
@@ -159,8 +218,8 @@ async def picture(cache: ModelCache, sessions: Sessions, *, ref: str, name: str)
             f"model {ref!r} has no picture {name!r}; it has {', '.join(info.pictures) or 'none'}",
             {"pictures": info.pictures},
         )
-    servable = await run_in_threadpool(cache.get, info)
+    servable = await cache.admission.run_sync(cache.get, info)
     draw = getattr(servable, "picture", None)
     if draw is None:
         raise ServiceError("not_found", f"model {ref!r} draws no pictures")
-    return await run_in_threadpool(draw, name)  # type: ignore[no-any-return]
+    return await cache.admission.run_sync(draw, name)  # type: ignore[no-any-return]

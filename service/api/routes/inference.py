@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import bodies, serving
 from service.api.deps import ModelCacheDep
+from service.auth import current
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.inference import GenerateRequest
 
@@ -44,6 +45,8 @@ def _row_route(operation: str, summary: str) -> None:
             operation=operation,
             body=request.body,
             content_type=request.headers.get("content-type", ""),
+            key=current(request).key_id,
+            disconnected=request.is_disconnected,
         )
         return _respond(request, operation, answer)
 
@@ -65,7 +68,15 @@ async def generate(
     """`{"samples": […]}` in the data's raw units; the same seed gives the same samples."""
     state = request.app.state
     options = body.model_dump(exclude_none=True)
-    answer = await serving.generate(cache, state.sessions, state.settings, ref=ref, options=options)
+    answer = await serving.generate(
+        cache,
+        state.sessions,
+        state.settings,
+        ref=ref,
+        options=options,
+        key=current(request).key_id,
+        disconnected=request.is_disconnected,
+    )
     return _respond(request, "generate", answer)
 
 
