@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         1 << 30, gt=0, description="Largest data set file accepted by POST /v1/datasets (bytes)."
     )
+    max_dataset_bytes: int = Field(
+        1 << 30,
+        gt=0,
+        description="Largest decoded size of an uploaded data set's arrays (bytes), known from "
+        "the file's headers before it is inflated.",
+    )
     max_request_bytes: int = Field(
         256 << 20, ge=1024, description="Largest request body (uploads have their own limit)."
     )

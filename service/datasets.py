@@ -1,8 +1,9 @@
 """Data sets on the service's side: references, uploads into the store, loading for jobs.
 
 A reference is `builtin:<name>` or an uploaded data set's id. Uploads are checked completely
-(format, numbers, shape) before anything is stored, and a failure leaves neither a row nor an
-object behind. Object keys are `datasets/<id>/data.<format>`: ids, never user-chosen names.
+(format, decoded size, numbers, shape) before anything is stored, in a child process
+(`service.decoding`), and a failure leaves neither a row nor an object behind. Object keys are
+`datasets/<id>/data.<format>`: ids, never user-chosen names.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ml.core import datasets as ml_datasets
 from ml.core.datasets import BUILTIN_PREFIX, BuiltinInfo, DataError
 from ml.core.spec import JobSpec
+from service import decoding
 from service.config import Settings, get_settings
 from service.db import datasets as repo
 from service.db import pagination
@@ -29,9 +31,6 @@ from service.job_sizes import check as check_size
 from service.storage import ArtifactStore, dataset_key, dataset_prefix
 
 log = logging.getLogger("thermoml.datasets")
-
-MAX_SUMMARY_FEATURES = 64
-PREVIEW_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -129,9 +128,11 @@ def ingest(
     *,
     name: str | None,
     label_column: str | None,
+    max_bytes: int,
 ) -> tuple[DatasetRow, bool]:
     """Check, store and describe an upload; (row, created). The same content with the same
-    label column returns the data set already stored."""
+    label column returns the data set already stored. The file is decoded in a child process,
+    and refused (413) when it decodes to more than `max_bytes`."""
     label = (label_column or "").strip()
     try:
         fmt = ml_datasets.detect_format(upload.filename, upload.head)
@@ -143,11 +144,9 @@ def ingest(
         return existing, False
     label_name = Path(upload.filename or "").stem
     label_name = (name or "").strip() or label_name or f"upload-{upload.sha256[:8]}"
-    try:
-        data = ml_datasets.load_file(upload.path, fmt, label_column=label or None, name=label_name)
-    except DataError as exc:
-        raise ServiceError("validation_error", str(exc)) from exc
-    described = _described(data)
+    described = decoding.describe(
+        upload.path, fmt, label_column=label or None, name=label_name, max_bytes=max_bytes
+    )
     dataset_id = new_id()
     stored = store.put_file(upload.path, dataset_key(dataset_id, fmt))
     try:
@@ -177,15 +176,6 @@ def ingest(
         store.delete_prefix(dataset_prefix(dataset_id))
         raise
     return row, True
-
-
-def _described(data: ml_datasets.Dataset) -> dict[str, Any]:
-    """A data set row's columns that describe its arrays: shape, labels and statistics."""
-    summary = ml_datasets.summarize(
-        data, max_features=MAX_SUMMARY_FEATURES, preview_rows=PREVIEW_ROWS
-    )
-    described = {k: getattr(data, k) for k in ("shape", "dtype", "rows", "features")}
-    return {**described, "has_labels": data.y is not None, "summary": summary}
 
 
 def describe(session: Session, dataset_id: str) -> tuple[BuiltinInfo | DatasetRow, dict[str, Any]]:
@@ -262,4 +252,4 @@ def builtin(ref: str) -> BuiltinInfo:
 @lru_cache
 def builtin_summary(name: str) -> dict[str, Any]:
     data = ml_datasets.load_builtin(name)
-    return ml_datasets.summarize(data, max_features=MAX_SUMMARY_FEATURES, preview_rows=PREVIEW_ROWS)
+    return decoding.described(data)["summary"]  # type: ignore[no-any-return]

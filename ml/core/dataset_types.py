@@ -18,6 +18,17 @@ class DataError(ValueError):
     """Data that cannot be used as given; the message says what to fix."""
 
 
+class DataTooLarge(DataError):
+    """Data that decodes to more than the limit allows (`decoded` and `limit` in bytes)."""
+
+    def __init__(self, decoded: int, limit: int) -> None:
+        super().__init__(
+            f"the data set decodes to {decoded} bytes of arrays, more than the limit of {limit} "
+            "bytes; upload fewer rows or columns, or float32 instead of float64"
+        )
+        self.decoded, self.limit = decoded, limit
+
+
 @dataclass
 class Dataset:
     """Rows `x` (float32 or float64, shape (rows, *feature_shape)) and optional labels `y`."""

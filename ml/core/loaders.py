@@ -1,19 +1,20 @@
 """Readers for uploaded data files: CSV, NPY, NPZ and Parquet, into a :class:`Dataset`.
 
-Every problem is a :class:`DataError` whose message says what to fix. NumPy files are read with
-`allow_pickle=False`: an upload can never run code.
+Every problem is a :class:`DataError` whose message says what to fix. NumPy files are read by
+`ml.core.npfiles`, which never unpickles: an upload can never run code. What a file decodes to
+is known beforehand from its headers (`ml.core.decoded_size`).
 """
 
 from __future__ import annotations
 
 import csv
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ml.core import npfiles
 from ml.core.dataset_types import DataError, Dataset, LabelType
 
 FORMATS = ("csv", "npy", "npz", "parquet")
@@ -63,7 +64,9 @@ def _load(path: Path, fmt: str, label_column: str | None, name: str) -> Dataset:
 
 
 def as_float(x: np.ndarray, what: str = "the data") -> np.ndarray:
-    """float32/float64 as they are; small integers and bools to float32, others to float64."""
+    """float32/float64 as they are; small integers and bools to float32, others to float64.
+    Either byte order: the result is in the machine's."""
+    x = npfiles.native(x)
     if x.dtype in (np.float32, np.float64):
         return x
     if x.dtype.kind == "b" or (x.dtype.kind in "iuf" and x.dtype.itemsize <= 2):
@@ -140,42 +143,12 @@ def _dataset(
     )
 
 
-def _unreadable(exc: Exception, what: str, objects: str, fix: str) -> DataError:
-    """Why `np.load` refused a `what` file: Python `objects` in it (then how to `fix` that), or
-    not a readable file at all."""
-    if isinstance(exc, ValueError) and ("allow_pickle" in str(exc) or "Object arrays" in str(exc)):
-        return DataError(f"{objects}, which are not loaded (no pickles); {fix}")
-    return DataError(f"not a readable {what} file: {exc}")
-
-
 def _read_npy(path: Path, _: str | None) -> Dataset:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        objects = "the array holds Python objects"
-        raise _unreadable(exc, ".npy", objects, "save a numeric array with numpy.save") from exc
-    if not isinstance(x, np.ndarray):
-        raise DataError("not a .npy file; for several arrays upload an .npz with x and y")
-    return _dataset(x, None, description="uploaded NumPy array")
+    return _dataset(npfiles.read_npy(path), None, description="uploaded NumPy array")
 
 
 def _read_npz(path: Path, _: str | None) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise DataError("not an .npz archive; save it with numpy.savez(path, x=..., y=...)")
-            if "x" not in archive.files:
-                found = ", ".join(archive.files) or "none"
-                raise DataError(
-                    f"the .npz needs an array named x (and optionally y); it has: {found}"
-                )
-            x = archive["x"]
-            y = archive["y"] if "y" in archive.files else None
-    except DataError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        objects = "an array in the .npz holds Python objects"
-        raise _unreadable(exc, ".npz", objects, "save numeric arrays") from exc
+    x, y = npfiles.read_npz(path)
     return _dataset(x, y, description="uploaded NumPy arrays")
 
 

@@ -59,7 +59,11 @@ UPLOAD_BODY: dict[str, Any] = {
     openapi_extra=UPLOAD_BODY,
     responses={
         200: {"model": DatasetOut, "description": "The same content was already uploaded"},
-        413: {"model": ErrorBody, "description": "Larger than THERMOML_MAX_UPLOAD_BYTES"},
+        413: {
+            "model": ErrorBody,
+            "description": "Larger than THERMOML_MAX_UPLOAD_BYTES, or decoding to more than "
+            "THERMOML_MAX_DATASET_BYTES",
+        },
     },
 )
 async def upload_dataset(
@@ -67,8 +71,8 @@ async def upload_dataset(
 ) -> DatasetOut:
     """Upload a data set as multipart fields `file`, `name`, `label_column`.
 
-    The file is checked (numeric, finite, rectangular) before it is stored; uploading the same
-    content again answers 200 with the data set already stored.
+    The file is checked (decoded size, numeric, finite, rectangular) before it is stored;
+    uploading the same content again answers 200 with the data set already stored.
     """
     upload = await uploads.receive(
         request, limit=settings.max_upload_bytes, folder=settings.data_dir.resolve() / "tmp"
@@ -85,6 +89,7 @@ async def upload_dataset(
             upload.file,
             name=name,
             label_column=upload.fields.get("label_column"),
+            max_bytes=settings.max_dataset_bytes,
         )
     finally:
         upload.discard()
