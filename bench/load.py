@@ -132,9 +132,14 @@ async def run_load(
     return tally, elapsed
 
 
-def train_model(stack: Stack) -> str:
+def train_model(
+    stack: Stack, spec: dict[str, Any] = MODEL, warm: tuple[str, dict[str, Any]] | None = None
+) -> str:
+    """Train `spec` through the API, then make one call (`warm`: operation and body; a score of
+    ROW by default) so that loading the model (and TensorFlow) is not part of the load."""
+    operation, body = warm or ("score", {"inputs": [ROW]})
     with stack.client(timeout=30) as client:
-        response = client.post("/v1/jobs", json=MODEL)
+        response = client.post("/v1/jobs", json=spec)
         response.raise_for_status()
         job_id = response.json()["id"]
 
@@ -142,12 +147,11 @@ def train_model(stack: Stack) -> str:
             job = client.get(f"/v1/jobs/{job_id}").json()
             return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
-        job = wait_until(done, 300, "the model's training job", every=0.5)
+        job = wait_until(done, 600, f"the training job of {spec['name']}", every=0.5)
         if job["status"] != "succeeded":
             raise RuntimeError(f"training failed: {job}")
-        # The first score loads the model (and TensorFlow) into the API: not part of the load.
-        warm = client.post(f"/v1/models/{MODEL['name']}/score", json={"inputs": [ROW]}, timeout=120)
-        warm.raise_for_status()
+        warmed = client.post(f"/v1/models/{spec['name']}/{operation}", json=body, timeout=300)
+        warmed.raise_for_status()
     return job_id
 
 
