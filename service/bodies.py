@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from service.errors import ServiceError
+from service.inputs import bounded_int
 from service.schemas.inference import Rows
 
 JSON = "application/json"
@@ -81,18 +82,29 @@ def read_rows(body: bytes, content_type: str, *, max_columns: int) -> np.ndarray
     return json_rows(body)
 
 
+DEEP = "the JSON body is nested too deeply (rows nest a few levels; orjson stops at 1024)"
+
+
 def json_rows(body: bytes) -> list[Any]:
-    """`{"inputs": [[…], …]}`'s rows; non-finite numbers are read (and refused later)."""
+    """`{"inputs": [[…], …]}`'s rows; non-finite numbers are read (and refused later).
+
+    orjson refuses nesting deeper than 1024 levels; what else it refuses (NaN, Infinity,
+    integers past a double) is read again by the standard parser, which takes no integer of
+    more than 64 bits (service.inputs.bounded_int) and is stopped by its recursion limit."""
     try:
         try:
             parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            parsed = json.loads(body)  # also reads NaN and Infinity, which are refused later
+        except orjson.JSONDecodeError as exc:
+            if str(exc).startswith("depth limit"):
+                raise ServiceError("validation_error", DEEP) from None
+            parsed = json.loads(body, parse_int=bounded_int)
         if isinstance(parsed, dict) and parsed.keys() == {"inputs"} and parsed["inputs"]:
             inputs = parsed["inputs"]
             if isinstance(inputs, list):
                 return inputs
         return Rows.model_validate(parsed).inputs  # not the usual shape: say what is wrong
+    except RecursionError:
+        raise ServiceError("validation_error", DEEP) from None
     except ValueError as exc:  # json.JSONDecodeError and pydantic.ValidationError
         message = str(exc).splitlines()[0] if str(exc) else "invalid JSON"
         raise ServiceError(

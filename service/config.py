@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         256 << 20, ge=1024, description="Largest request body (uploads have their own limit)."
     )
+    max_json_bytes: int = Field(
+        16 << 20,
+        ge=1024,
+        description="Largest request body that is not binary rows (.npy, Arrow): JSON and "
+        "forms, which parse to ~15 times their size in memory.",
+    )
     max_running_jobs_per_key: int = Field(
         16, ge=1, description="Running jobs one API key may have before submits answer 429."
     )

@@ -27,7 +27,7 @@ from service.auth import authenticate
 from service.config import Settings, get_settings
 from service.db import keys as key_repo
 from service.db.session import make_engine, make_sessionmaker
-from service.limits import BodyLimit
+from service.limits import BodyLimit, InputGuard
 from service.queue import Publisher
 from service.reconciler import Reconciler
 
@@ -73,7 +73,10 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         docs_url=None,  # served with local assets by service.api.docs
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes
+    )
+    app.add_middleware(InputGuard)  # outermost of the two: refused before a byte is read
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)

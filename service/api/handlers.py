@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -77,11 +77,24 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = CODE_BY_STATUS.get(exc.status_code)
+        message = str(exc.detail)
         if code is None:
             # A framework 4xx with no code of its own (400: a body that cannot be parsed, such
-            # as bytes that are not UTF-8) is the client's mistake: 422, never a 500.
+            # as bytes that are not UTF-8, JSON nested past the parser's recursion limit or an
+            # integer of over 4300 digits) is the client's mistake: 422, never a 500.
             code = "validation_error" if exc.status_code < 500 else "internal"
-        return _respond(code, str(exc.detail), headers=getattr(exc, "headers", None))
+            if exc.__cause__ is not None and code == "validation_error":
+                message = f"{message}: {str(exc.__cause__)[:200]}"
+        return _respond(code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot store or compare (a NUL in text, an integer past
+        # BIGINT) that no earlier check caught: the client's input, so 422, and logged, since
+        # an earlier check should have named the field.
+        log.warning("database refused a value: %s", exc.orig if exc.orig is not None else exc)
+        message = "a value in the request cannot be stored or compared by the database"
+        return _respond("validation_error", message)
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:

@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.datasets import ReceivedFile
 from service.errors import ServiceError
+from service.inputs import check_text
 
 FIELD_LIMIT = 64 * 1024  # bytes of one text field
 FORM_OVERHEAD = 1 << 20  # boundaries, part headers and text fields on top of the file
@@ -93,6 +94,7 @@ class _Reader:
                 raise ServiceError("validation_error", "send one `file` part per upload")
             self.seen_file = True
             self.filename = options[b"filename"].decode("utf-8", "replace")
+            check_text(self.filename, "form.file.filename")  # the data set's default name
             self.folder.mkdir(parents=True, exist_ok=True)
             handle, name = tempfile.mkstemp(prefix="upload-", dir=self.folder)
             self.file, self.file_path = os.fdopen(handle, "wb"), Path(name)
@@ -119,7 +121,10 @@ class _Reader:
         if self.part.name == "file" and self.file is not None:
             self.file.close()
         elif self.part.name:
-            self.fields[self.part.name] = self.part.data.decode("utf-8", "replace")
+            value = self.part.data.decode("utf-8", "replace")
+            check_text(self.part.name, "form")
+            check_text(value, f"form.{self.part.name}")
+            self.fields[self.part.name] = value
 
     def close(self) -> None:
         if self.file is not None and not self.file.closed:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.inputs import check_json
 
 
 class Rows(BaseModel):
@@ -24,3 +26,9 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**31, description="Same seed, same samples.")
     sampler: str | None = Field(None, description="Diffusion: `ddpm` or `ddim`.")
     steps: int | None = Field(None, ge=1, description="Diffusion: sampling steps.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _checked_json(cls, value: Any) -> Any:
+        check_json(value)  # ServiceError (422) naming the field: passes through pydantic
+        return value

@@ -11,11 +11,14 @@ from pydantic_core import PydanticCustomError
 
 from ml.core.registry import get_kind, list_kinds
 from ml.core.spec import JobSpec
+from service.inputs import check_json
 
 
 def _out_of_range_is_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """A spec whose numbers overflow a kind's own checks (e.g. `duration / dt` with a denormal
-    `dt`) is invalid input, answered 422, not a server error."""
+    `dt`) is invalid input, answered 422, not a server error. And before the kind's own
+    checks: no NUL, no integer past 64 bits, no deep nesting anywhere in the spec."""
+    check_json(value)  # ServiceError (422) naming the field: passes through pydantic as it is
     try:
         return handler(value)
     except ArithmeticError as exc:

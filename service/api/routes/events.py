@@ -13,6 +13,7 @@ from service.events import EventHub, Position, Stream
 from service.schemas.common import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], responses=ERROR_RESPONSES)
+MAX_EVENT_ID_CHARS = 18  # an event id is below 10**18, so its cursor fits a database BIGINT
 
 EVENTS_DOC: dict[int | str, dict[str, Any]] = {
     200: {
@@ -70,9 +71,14 @@ async def job_events(
     names: MetricNamesDep,
     last_event_id: Annotated[
         str | None,
-        Query(description="Resume after this event id (browsers send the header instead)."),
+        Query(
+            max_length=MAX_EVENT_ID_CHARS,
+            description="Resume after this event id (browsers send the header instead).",
+        ),
     ] = None,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_header: Annotated[
+        str | None, Header(alias="Last-Event-ID", max_length=MAX_EVENT_ID_CHARS)
+    ] = None,
 ) -> StreamingResponse:
     """Server-sent events until the job ends: `status` and `progress` at once, then the metric
     points (all of them, or those after `Last-Event-ID`) as `metrics` batches, then what changes,

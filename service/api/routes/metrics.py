@@ -17,8 +17,14 @@ from service.schemas.jobs import MetricsOut, Series
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], responses=ERROR_RESPONSES)
 
+MAX_STEP = 2**62  # within a database BIGINT, with room to spare
 SinceStep = Annotated[
-    int | None, Query(description="Only points with a step greater than this (for polling).")
+    int | None,
+    Query(
+        ge=-MAX_STEP,
+        le=MAX_STEP,
+        description="Only points with a step greater than this (for polling).",
+    ),
 ]
 
 
