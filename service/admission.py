@@ -36,6 +36,7 @@ Disconnected = Callable[[], Awaitable[bool]]
 POLL_S = 0.2  # how often a queued request checks its client and deadline
 SMALL_CALL_ROWS = 8  # calls on fewer units measure the fixed cost, larger ones the slope
 SMOOTHING = 0.3  # weight of the newest measurement in the running estimates
+UNKNOWN_HEAVY_UNITS = 1024  # before any measurement, work on more units (a micro-batch) is heavy
 
 
 class ClientGone(ServiceError):
@@ -152,7 +153,9 @@ class Gate:
         """A ticket for `units` of `operation`, its cost from the running estimate (unknown
         costs: heavy when the work is larger than a micro-batch would be)."""
         cost = self.estimate(operation).cost(units)
-        heavy = cost > self.limits.heavy_seconds if cost is not None else units > 1024
+        heavy = (
+            cost > self.limits.heavy_seconds if cost is not None else units > UNKNOWN_HEAVY_UNITS
+        )
         deadline = time.monotonic() + self.limits.timeout
         return Ticket(cost or 0.0, deadline, key, heavy, needs_slot=heavy or not batched)
 

@@ -456,3 +456,27 @@ def test_arrow_bodies_that_are_not_rows_are_422(client: TestClient) -> None:
         response = client.post(url, content=body, headers={"content-type": ARROW})
         assert response.status_code == 422, (says, response.text)
         assert says in response.json()["error"]["message"], response.text
+
+
+def test_long_work_runs_in_chunks_that_answer_like_one_call(client: TestClient, rows: list) -> None:
+    """generate beyond one chunk draws every chunk from one generator: a VAE gives the very
+    samples of one call."""
+    from service import chunks
+
+    model = train(client, "vae", name="chunky")
+    client.post("/v1/models/chunky/encode", json={"inputs": rows})  # loads the model
+    cache = client.app.state.model_cache  # type: ignore[attr-defined]
+    servable = cache.get(cache.resolve(client.app.state.sessions, "chunky"))  # type: ignore[attr-defined]
+    n = 2 * chunks.GENERATE_CHUNK + 76
+    whole = servable.run("generate", None, n=n, seed=5)["samples"]
+    sizes: list[int] = []
+    run = servable.run
+    servable.run = lambda op, x, **o: sizes.append(o.get("n", 0)) or run(op, x, **o)
+    try:
+        answer = client.post("/v1/models/chunky/generate", json={"n": n, "seed": 5})
+    finally:
+        servable.run = run
+    assert answer.status_code == 200, answer.text
+    assert sizes == [chunks.GENERATE_CHUNK, chunks.GENERATE_CHUNK, 76]
+    np.testing.assert_allclose(np.asarray(answer.json()["samples"]), whole, rtol=1e-6)
+    assert model["input_shape"] == [30]
