@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from migrations import downgrade, upgrade
 from service.db import tables  # noqa: F401
@@ -65,3 +66,33 @@ def test_metric_points_are_unique_and_indexed_per_job_series(database_url: str) 
         engine.dispose()
     assert {"job_id", "name", "step"} == set(uniques[0]["column_names"])
     assert uniques[0]["column_names"][0] == "job_id"  # leads, so it serves one job's series
+
+
+def test_tenants_fill_default_into_old_rows_and_names_are_unique_per_tenant(
+    database_url: str,
+) -> None:
+    upgrade(database_url, "0003")
+    engine = create_engine(database_url)
+    row = {"kind": "vae", "sha": "0" * 64, "uri": "s3://m", "now": "2026-11-27 00:00:00"}
+    insert_model = (
+        "INSERT INTO models (id, name, version, kind, artifact_uri, sha256, input_shape, "
+        "preprocessing, capabilities, pictures, calibration, evaluation, created_at{t}) VALUES "
+        "(:id, 'cancer-ae', 1, :kind, :uri, :sha, '[]', '{{}}', '[]', '[]', '{{}}', '{{}}', :now{v})"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(insert_model.format(t="", v="")), {**row, "id": "old"})
+        upgrade(database_url)
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT tenant FROM models")).scalar_one() == "default"
+            new_row = insert_model.format(t=", tenant", v=", :tenant")
+            conn.execute(text(new_row), {**row, "id": "other", "tenant": "acme"})
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(new_row), {**row, "id": "again", "tenant": "acme"})
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM models WHERE tenant = 'acme'"))
+        downgrade(database_url, "0003")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id FROM models")).scalar_one() == "old"
+    finally:
+        engine.dispose()
