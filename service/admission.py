@@ -55,18 +55,22 @@ class Estimate:
     per_call: float | None = None
     per_unit: float | None = None
 
-    def update(self, units: int, seconds: float) -> None:
-        if units < SMALL_CALL_ROWS:
+    def update(self, units: int, seconds: float, items: int | None = None) -> None:
+        """A measured call on `items` rows or samples (`units` units of work; the same number
+        unless each item is several units, as a sample is `steps` units for `generate`)."""
+        if (units if items is None else items) < SMALL_CALL_ROWS:
             self.per_call = _smooth(self.per_call, seconds)
         else:
             self.per_unit = _smooth(self.per_unit, seconds / units)
 
     def cost(self, units: int) -> float | None:
-        """Estimated seconds for `units`, or None before any call was measured."""
+        """Estimated seconds for `units`, or None until a call on enough items was measured.
+
+        Not extrapolated from small calls: a call on one sample or row costs about as much as
+        one on dozens (the work is vectorised), so a cost per unit taken from it would overstate
+        a large request many times and refuse it for a deadline it would meet."""
         if self.per_unit is not None:
             return units * self.per_unit
-        if self.per_call is not None:  # the fixed cost per unit: an overestimate, on purpose
-            return units * self.per_call
         return None
 
     def units_within(self, seconds: float) -> int | None:
@@ -189,9 +193,9 @@ class Gate:
             ticket.ready.cancel()
         self._start_waiting()
 
-    def measured(self, operation: str, units: int, seconds: float) -> None:
+    def measured(self, operation: str, units: int, seconds: float, items: int) -> None:
         """A call's measured time: updates the estimate and re-weighs the waiting tickets."""
-        self.estimate(operation).update(units, seconds)
+        self.estimate(operation).update(units, seconds, items)
         now = time.monotonic()
         for ticket in list(self.waiting):  # refuse now what can no longer make its deadline
             late = now + self._wait_for(ticket, now) + ticket.cost > ticket.deadline

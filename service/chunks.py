@@ -46,7 +46,7 @@ async def run(
         size = min(chunk(), total - done)
         started = time.perf_counter()
         parts.append(await admission.run_sync(compute, done, done + size, heavy=ticket.heavy))
-        gate.measured(operation, size * unit, time.perf_counter() - started)
+        gate.measured(operation, size * unit, time.perf_counter() - started, size)
         sizes.append(size)
         done += size
         rest = gate.estimate(operation).cost((total - done) * unit)

@@ -299,3 +299,21 @@ def test_a_request_that_cannot_make_its_deadline_is_refused_at_once() -> None:
         assert refused.value.details["retry_after"] == 10
 
     asyncio.run(scenario())
+
+
+def test_a_small_call_does_not_price_a_large_request_out_of_its_deadline() -> None:
+    """One sample through 1000 diffusion steps took 1 s: 10 000 samples do not take 10 000 s
+    (the work is vectorised). Until a call on many items is measured the cost is unknown, and
+    the request is admitted (its chunks then measure it and its deadline still holds)."""
+
+    async def scenario() -> None:
+        gate = Gate(limits(timeout=120))
+        gate.estimate("generate").update(1000, 1.0, items=1)  # generate n=1, 1000 steps
+        large = gate.ticket("generate", 10_000 * 1000, key=None, batched=False)
+        await asyncio.wait_for(gate.enter(large), 1.0)
+        assert large.started is not None and large.heavy
+        gate.leave(large)
+        gate.estimate("generate").update(512 * 1000, 5.0, items=512)  # a measured chunk
+        assert gate.estimate("generate").cost(10_000 * 1000) == pytest.approx(5.0 / 512 * 10_000)
+
+    asyncio.run(scenario())
