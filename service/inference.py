@@ -92,7 +92,7 @@ class ModelCache:
         self.max_models = settings.model_cache_models
         self.max_bytes = settings.model_cache_bytes
         self.store = store
-        self.folder = (settings.data_dir / "cache" / "models").resolve()
+        self.folder = cache_folder(settings)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
@@ -238,6 +238,11 @@ class ModelCache:
         size = max(estimate, min(grown, 8 * estimate)) if grown > 0 else estimate
         log.info("model cache: loaded %s (%s, ~%d KiB)", info.id, info.kind, size // 1024)
         return _Entry(servable, size)
+
+
+def cache_folder(settings: Settings) -> Path:
+    """Where the API processes of one data dir keep the model files they downloaded."""
+    return (settings.data_dir / "cache" / "models").resolve()
 
 
 def estimated_bytes(info: ModelInfo) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from service import models
-from service.api.deps import LoadedModelCacheDep, PageDep, SessionDep, StoreDep
+from service.api.deps import LoadedModelCacheDep, PageDep, SessionDep, SettingsDep, StoreDep
 from service.db import models as model_repo
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.models import ModelOut, ModelPage, model_out
@@ -32,8 +32,12 @@ def get_model(ref: str, session: SessionDep) -> ModelOut:
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_model(
-    ref: str, session: SessionDep, store: StoreDep, cache: LoadedModelCacheDep
+    ref: str,
+    session: SessionDep,
+    store: StoreDep,
+    cache: LoadedModelCacheDep,
+    settings: SettingsDep,
 ) -> Response:
     """Remove the model's row and every stored file of it."""
-    models.delete(session, store, cache, ref=ref)
+    models.delete(session, store, cache, settings, ref=ref)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
