@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import fcntl
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from service.client_cli import add_client_commands
 from service.config import Settings, get_settings
@@ -63,8 +63,28 @@ def _serve(
     uvicorn.Server(uvicorn.Config(create_app(settings), **options)).run()
 
 
+def _no_broker(settings: Settings, command: str) -> bool:
+    """`thermoml api` or `worker` with no THERMOML_BROKER_URL joins the Redis of a `thermoml up`
+    running on the same data dir; with none running, it says what to do (True)."""
+    if not settings.embedded_broker:
+        return False
+    from service.embedded_redis import socket_path
+
+    if socket_path(settings.data_dir).exists():
+        return False
+    print(
+        f"thermoml {command}: THERMOML_BROKER_URL is not set and no `thermoml up` is running on "
+        f"the data dir {settings.data_dir.resolve()}. Set THERMOML_BROKER_URL=redis://host:6379/0 "
+        "(with THERMOML_DATABASE_URL), or run `thermoml up` (API, worker and broker in one).",
+        file=sys.stderr,
+    )
+    return True
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     settings = get_settings()
+    if _no_broker(settings, "api"):
+        return 2
     host, port = args.host or settings.host, args.port or settings.port
     _serve(settings, host, port, workers=args.workers)
     return 0
@@ -72,10 +92,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Become `celery -A workers.app worker` (so the service never imports `workers`)."""
+    from service.supervisor import worker_name
+
     queues = ",".join(q.strip() for q in args.queues.split(",") if q.strip())
     unknown = set(queues.split(",")) - {"cpu", "gpu"}
     if unknown:
         print(f"unknown queue(s) {', '.join(sorted(unknown))}; use cpu, gpu", file=sys.stderr)
+        return 2
+    if _no_broker(get_settings(), "worker"):
         return 2
     argv = [
         sys.executable,
@@ -89,23 +113,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--concurrency",
         str(args.concurrency),
         "--hostname",
-        f"thermoml-{queues.replace(',', '-')}-{os.getpid()}@%h",
+        worker_name(queues, os.getpid()),
         "--loglevel",
         args.loglevel,
+        # No gossip or mingle: workers need not hear from each other. Event heartbeats stay on:
+        # Flower and `celery events` count live workers by them.
         "--without-gossip",
         "--without-mingle",
-        "--without-heartbeat",
     ]
     sys.stdout.flush()
     os.execv(sys.executable, argv)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from service.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+    from service.supervisor import WorkerSupervisor
+
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings.model_copy(update={"data_dir": data_dir})
-    _migrate(settings)
+    lock = _lock_data_dir(data_dir)
+    if lock is None:
+        return 2
+    redis = EmbeddedRedis(data_dir)
+    try:
+        broker = settings.broker_url or redis.start()
+    except EmbeddedRedisError as exc:
+        print(f"thermoml up: {exc}", file=sys.stderr)
+        return 1
+    settings = settings.model_copy(update={"data_dir": data_dir, "broker_url": broker})
+    os.environ["THERMOML_BROKER_URL"] = broker  # the API's job processes, and the worker
+    get_settings.cache_clear()
     host = args.host or settings.host
     port = args.port or settings.port
     env = {
@@ -113,43 +151,41 @@ def cmd_up(args: argparse.Namespace) -> int:
         "THERMOML_DATA_DIR": str(data_dir),
         "THERMOML_PARENT_PID": str(os.getpid()),
     }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--queues", "cpu,gpu"],
-        env=env,
-        start_new_session=True,  # Ctrl-C reaches the launcher, which stops the worker in order
-    )
-    banner = (
-        f"thermoml is up: API http://{host}:{port}  docs http://{host}:{port}/docs\n"
-        f"  auth: {settings.auth}; state under {data_dir}; one worker (pid {worker.pid}) "
-        "on queues cpu,gpu. Ctrl-C stops both."
-    )
+    supervisor = WorkerSupervisor(settings, env)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        _migrate(settings)
+        pid = supervisor.start()
+        where = "on a Unix socket" if broker == redis.url else "given"
+        banner = (
+            f"thermoml is up: API http://{host}:{port}  docs http://{host}:{port}/docs\n"
+            f"  auth: {settings.auth}; state under {data_dir}; broker {broker} ({where});\n"
+            f"  one worker (pid {pid}) on queues cpu,gpu, restarted if it exits. "
+            "Ctrl-C stops everything."
+        )
         _serve(settings, host, port, banner=banner)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop
+        supervisor.stop()
+        redis.stop()
         signal.signal(signal.SIGTERM, previous)
-        _stop_worker(worker)
+        lock.close()
+        print("thermoml stopped", flush=True)
     return 0
 
 
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown, then cold, then kill the worker's whole process group."""
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGQUIT, 5.0)):
-        if worker.poll() is not None:
-            break
-        try:
-            os.killpg(worker.pid, sig)
-            worker.wait(timeout=wait)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            continue
-    if worker.poll() is None:
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-    with contextlib.suppress(ProcessLookupError):  # children that outlived their parent
-        os.killpg(worker.pid, signal.SIGKILL)
-    print("thermoml stopped", flush=True)
+def _lock_data_dir(data_dir: Path) -> IO[bytes] | None:
+    """One `thermoml up` per data dir (they would share one Redis and one worker's files)."""
+    handle = (data_dir / "up.lock").open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        print(f"thermoml up: another `thermoml up` is running on {data_dir}", file=sys.stderr)
+        return None
+    return handle
 
 
 def _positive(text: str) -> int:
@@ -163,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thermoml", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="API + one worker, SQLite and a file broker under ./.thermoml")
+    up = sub.add_parser(
+        "up", help="API + a watched worker, SQLite and a private Redis under ./.thermoml"
+    )
     up.add_argument("--host")
     up.add_argument("--port", type=int)
     up.set_defaults(func=cmd_up)

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default: SQLite file under the data directory."
     )
     broker_url: str | None = Field(
-        None, description="Celery broker URL; default: a file-system broker under the data dir."
+        None,
+        description="Celery broker URL (redis://, rediss://, redis+socket://); default: the "
+        "private Redis server that `thermoml up` runs on a Unix socket under the data dir.",
     )
     artifact_uri: str | None = Field(
         None, description="fsspec URL of the artifact store; default: file:// under the data dir."
@@ -34,8 +36,15 @@ class Settings(BaseSettings):
         description="A running job whose heartbeat is older than this may be taken over.",
     )
     max_attempts: int = Field(3, ge=1, description="Claims of one job before it fails.")
-    broker_poll_interval: float = Field(
-        0.02, gt=0, description="Seconds between polls of the embedded file-system broker."
+    worker_heartbeat_interval: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Seconds between a worker's heartbeats; a worker silent for three of them "
+        "counts as gone (/readyz, /metrics).",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="`debug` also shows TensorFlow's C++ start-up messages in jobs."
     )
     publish_timeout: float = Field(
         2.0, gt=0, description="Seconds the API waits for the broker before leaving a job queued."
@@ -143,15 +152,14 @@ class Settings(BaseSettings):
 
     @property
     def embedded_broker(self) -> bool:
-        return not self.broker_url or self.broker_url.startswith("filesystem://")
-
-    @property
-    def broker_folder(self) -> Path:
-        return (self.data_dir / "broker").resolve()
+        """No broker URL: the data dir's private Redis (see service/embedded_redis.py)."""
+        return not self.broker_url
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        from service.embedded_redis import broker_url
+
+        return self.broker_url or broker_url(self.data_dir)
 
     @property
     def resolved_artifact_uri(self) -> str:

@@ -2,17 +2,16 @@
 
 Process-wide: requests and their latency per route template, inference rows and latency per
 model kind (`observe_inference`), and the process's CPU and memory. Read at scrape time: jobs by
-kind and status, queue depths from the broker, and the age of running jobs' heartbeats.
+kind and status, queue depths from the broker, the age of running jobs' heartbeats, and the live
+workers per queue with the age of each one's last heartbeat.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
@@ -38,6 +37,7 @@ from service.db.jobs import STATUSES
 from service.db.tables import Job
 from service.errors import ServiceError
 from service.queue import QUEUES, REDIS_PRIORITY_STEPS
+from service.workers_seen import live_workers, redis_client, workers_per_queue
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -149,6 +149,7 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Any]:
         yield from self._jobs()
         yield from self._queues()
+        yield from self._workers()
 
     def _jobs(self) -> Iterator[Any]:
         jobs = GaugeMetricFamily(
@@ -205,6 +206,29 @@ class ServiceCollector(Collector):
             depth.add_metric([queue], count)
         yield from (up, depth)
 
+    def _workers(self) -> Iterator[Any]:
+        per_queue = GaugeMetricFamily(
+            "thermoml_workers",
+            "Live workers (a heartbeat within three intervals) consuming each queue.",
+            labels=["queue"],
+        )
+        ages = GaugeMetricFamily(
+            "thermoml_worker_heartbeat_age_seconds",
+            "Seconds since each live worker's last heartbeat.",
+            labels=["worker"],
+        )
+        try:
+            workers = live_workers(self.settings)
+        except Exception as exc:  # the broker's own probe above reports it as down
+            log.debug("metrics: workers unavailable: %s", exc)
+            return
+        for queue, count in sorted(workers_per_queue(workers, QUEUES).items()):
+            per_queue.add_metric([queue], count)
+        now = time.time()
+        for worker in workers:
+            ages.add_metric([worker.name], worker.age(now))
+        yield from (per_queue, ages)
+
 
 def _probe(dependency: str, read: Callable[[], T]) -> tuple[GaugeMetricFamily, T | None]:
     """`thermoml_<dependency>_up` (1 when `read` answered) and what it read (None if it failed)."""
@@ -233,23 +257,11 @@ REDIS_PRIORITY_SEP = "\x06\x16"
 
 
 def queue_depths(settings: Settings) -> dict[str, int]:
-    """Messages waiting per queue: LLEN of kombu's lists on Redis, files in the file broker."""
-    if settings.embedded_broker:
-        folder = Path(settings.broker_folder) / "queue"
-        counts = dict.fromkeys(QUEUES, 0)
-        if folder.is_dir():
-            for entry in os.scandir(folder):
-                # kombu's file transport names a message `<time>_<uuid>.<queue>.msg`
-                parts = entry.name.split(".")
-                if len(parts) == 3 and parts[2] == "msg" and parts[1] in counts:
-                    counts[parts[1]] += 1
-        return counts
+    """Messages waiting per queue: the LLEN of kombu's lists (one per priority) on Redis."""
     url = settings.resolved_broker_url
-    if not url.startswith(("redis://", "rediss://")):
+    if not url.startswith(("redis://", "rediss://", "redis+socket://")):
         return {}
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client(url)
     try:
         pipe = client.pipeline(transaction=False)
         names = [

@@ -24,17 +24,6 @@ REDIS_PRIORITY_STEPS = tuple(range(10))
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    if settings.embedded_broker:
-        folder = settings.broker_folder
-        for sub in ("queue", "control", "processed"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        return {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "control_folder": str(folder / "control"),
-            "processed_folder": str(folder / "processed"),
-            "polling_interval": settings.broker_poll_interval,
-        }
     # A message not acknowledged within the visibility timeout is delivered again; it must
     # outlast the longest job, or Redis would hand a running job to a second worker.
     return {
@@ -60,8 +49,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Task events and worker heartbeats (with `thermoml worker`'s event heartbeat on):
+        # what Flower and `celery events` show. Each is one PUBLISH on the broker.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "enable_utc": True,
     }
 
@@ -86,7 +77,7 @@ class Publisher:
         return self._app
 
     def publish(self, job_id: str, *, queue: str, priority: int = 5) -> bool:
-        if self.settings.resolved_broker_url.startswith(("redis", "rediss")):
+        if self.settings.resolved_broker_url.startswith("redis"):  # redis, rediss, redis+socket
             priority = 9 - priority  # kombu's Redis transport serves 0 first; ours: 9 first
         try:
             self.app.send_task(

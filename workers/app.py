@@ -11,15 +11,22 @@ import os
 import signal
 import threading
 import time
+import warnings
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
+from service import workers_seen
 from service.config import get_settings
 from service.queue import RUN_JOB_TASK, make_celery
 
 log = logging.getLogger("thermoml.worker")
+
+if os.environ.get("THERMOML_PARENT_PID"):
+    # Under `thermoml up` everything runs as the user who started it (root in a container too),
+    # with JSON messages only: Celery's root warning says nothing they could act on.
+    warnings.filterwarnings("ignore", "You're running the worker with superuser privileges")
 
 settings = get_settings()
 app: Celery = make_celery(settings)
@@ -75,3 +82,71 @@ def _watch_parent(**_: Any) -> None:
                 return
 
     threading.Thread(target=watch, name="thermoml-parent-watch", daemon=True).start()
+
+
+class Heartbeat:
+    """Writes this worker's heartbeat key (see service/workers_seen.py) from a thread of the
+    main process: alive means the process that takes messages from the broker is alive."""
+
+    def __init__(self, name: str, queues: list[str]) -> None:
+        self.name, self.queues = name, queues
+        self.interval = settings.worker_heartbeat_interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="thermoml-heartbeat", daemon=True)
+        self._client = workers_seen.redis_client(settings.resolved_broker_url)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            workers_seen.forget(self._client, self.name)
+        except Exception as exc:  # the broker is gone: the key expires by itself
+            log.info("could not remove the heartbeat of %s: %s", self.name, exc)
+        self._client.close()
+
+    def _loop(self) -> None:
+        from celery.worker import state
+
+        failing = False
+        while True:
+            jobs = [str(r.args[0]) for r in list(state.active_requests) if r.args]
+            try:
+                workers_seen.beat(
+                    self._client,
+                    name=self.name,
+                    queues=self.queues,
+                    jobs=jobs,
+                    ttl=workers_seen.MISSED_BEATS * self.interval,
+                )
+                if failing:
+                    log.info("heartbeats reach the broker again")
+                failing = False
+            except Exception as exc:  # the broker may be restarting; keep trying
+                if not failing:
+                    log.warning("could not write a heartbeat: %s", exc)
+                failing = True
+            if self._stop.wait(self.interval):
+                return
+
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    """Once the worker consumes, it says so every `worker_heartbeat_interval` seconds."""
+    global _heartbeat
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    _heartbeat = Heartbeat(sender.hostname, queues)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        _heartbeat = None

@@ -38,6 +38,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up messages (a failed CUDA probe logs an error on every machine
+    without a GPU) are hidden unless THERMOML_LOG_LEVEL=debug; an explicit TF_CPP_MIN_LOG_LEVEL
+    wins. Set before the job imports TensorFlow."""
+    if get_settings().log_level != "debug":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def _child(job_id: str, worker: str) -> None:
     code = 0
     try:
@@ -45,6 +53,7 @@ def _child(job_id: str, worker: str) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
         runtime.after_fork()
+        _quiet_tensorflow()
         from workers.execute import DatabaseUnavailable, execute
 
         try:

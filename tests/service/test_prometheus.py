@@ -93,17 +93,46 @@ def test_heartbeat_ages_of_running_jobs(client: TestClient) -> None:
     assert oldest == pytest.approx(90, abs=3)
 
 
-def test_queue_depth_of_the_embedded_file_broker(client: TestClient, settings: Settings) -> None:
-    folder = settings.broker_folder / "queue"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(3):
-        (folder / f"{i}_{uuid.uuid4()}.cpu.msg").write_bytes(b"{}")
-    (folder / f"9_{uuid.uuid4()}.gpu.msg").write_bytes(b"{}")
-    (folder / "unrelated.txt").write_bytes(b"")
+@pytest.fixture
+def embedded_redis(settings: Settings) -> Iterator[redis.Redis]:
+    """The data dir's private Redis server (what `thermoml up` runs), reached by its socket."""
+    from service.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(settings.data_dir)
+    server.start()
+    client = redis.Redis(unix_socket_path=str(server.socket), socket_timeout=2)
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_queue_depths_and_workers_from_the_embedded_redis(
+    client: TestClient, embedded_redis: redis.Redis
+) -> None:
+    from service import workers_seen
+
+    embedded_redis.rpush("cpu", "a", "b")
+    embedded_redis.rpush(f"cpu{prom.REDIS_PRIORITY_SEP}3", "c")
+    embedded_redis.rpush("gpu", "d")
+    workers_seen.beat(embedded_redis, name="w1@host", queues=["cpu", "gpu"], jobs=[], ttl=30)
+    workers_seen.beat(embedded_redis, name="w2@host", queues=["cpu"], jobs=["j"], ttl=30)
+    embedded_redis.set(workers_seen.key_of("broken@host"), b"not json")
     samples = scrape(client)
+    assert value(samples, "thermoml_broker_up") == 1
     assert value(samples, "thermoml_queue_depth", queue="cpu") == 3
     assert value(samples, "thermoml_queue_depth", queue="gpu") == 1
-    assert value(samples, "thermoml_broker_up") == 1
+    assert value(samples, "thermoml_workers", queue="cpu") == 2
+    assert value(samples, "thermoml_workers", queue="gpu") == 1
+    for name in ("w1@host", "w2@host"):
+        age = value(samples, "thermoml_worker_heartbeat_age_seconds", worker=name)
+        assert age is not None and 0 <= age < 5
+    assert value(samples, "thermoml_worker_heartbeat_age_seconds", worker="broken@host") is None
+
+    workers_seen.forget(embedded_redis, "w1@host")
+    samples = scrape(client)
+    assert value(samples, "thermoml_workers", queue="gpu") == 0
 
 
 @pytest.fixture
