@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.db import keys as key_repo
+from service.db import tenancy
 from service.errors import ServiceError
 
 SESSION_COOKIE = "thermoml_session"
@@ -51,10 +52,20 @@ class Principal:
     key_id: str | None
     name: str
     scopes: frozenset[str]
+    tenant: str = tenancy.DEFAULT
 
     @property
     def idempotency_scope(self) -> str:
         return self.key_id or "global"
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+    @property
+    def scope(self) -> tenancy.Scope:
+        """Whose rows this caller reaches: its tenant's, or every tenant's for an admin."""
+        return tenancy.Scope(tenant=self.tenant, everyone=self.is_admin)
 
 
 ANONYMOUS = Principal(key_id=None, name="anonymous", scopes=ALL_SCOPES)
@@ -84,7 +95,7 @@ def principal_for(session: Session, secret: str) -> Principal | None:
     key = key_repo.find_active(session, secret=secret)
     if key is None:
         return None
-    return Principal(key_id=key.id, name=key.name, scopes=frozenset(key.scopes))
+    return Principal(key_id=key.id, name=key.name, scopes=frozenset(key.scopes), tenant=key.tenant)
 
 
 async def authenticate(

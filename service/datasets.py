@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from ml.core.spec import JobSpec
 from service import decoding
 from service.config import Settings, get_settings
 from service.db import datasets as repo
-from service.db import pagination
+from service.db import pagination, tenancy
 from service.db.base import new_id, utcnow
 from service.db.tables import Dataset as DatasetRow
+from service.db.tenancy import Scope
 from service.errors import ServiceError
 from service.job_sizes import check as check_size
 from service.storage import ArtifactStore, dataset_key, dataset_prefix
@@ -52,8 +53,11 @@ def _unknown(ref: str) -> str:
     )
 
 
-def check_ref(session: Session, spec: JobSpec, settings: Settings | None = None) -> None:
-    """Refuse (422), at submit time, a spec whose `dataset` names no data set, one on which
+def check_ref(
+    session: Session, spec: JobSpec, settings: Settings | None = None, *, scope: Scope
+) -> None:
+    """Refuse (422), at submit time, a spec whose `dataset` names no data set the caller's
+    `scope` reaches (a built-in, or an upload of its tenant), one on which
     the job cannot run (`JobSpec.data_problem`, from the built-in's or the upload's shape), or
     one too large for the limits of `settings` (`service.job_sizes`)."""
     ref = spec.dataset
@@ -76,7 +80,7 @@ def check_ref(session: Session, spec: JobSpec, settings: Settings | None = None)
             shape = builtin.rows, builtin.features
             full = tuple(int(s) for s in builtin.shape)
     else:
-        row = repo.find(session, dataset_id=ref)
+        row = repo.find(session, dataset_id=ref, scope=scope)
         known = row is not None
         if row is not None:
             shape = int(row.rows), int(row.features)
@@ -107,8 +111,8 @@ def load(
     """
     if ref.startswith(BUILTIN_PREFIX):
         return ml_datasets.load_builtin(ref)
-    with sessions() as session:
-        row = repo.find(session, dataset_id=ref)
+    with sessions() as session:  # the worker's: the submit checked the caller could use it
+        row = repo.find(session, dataset_id=ref, scope=tenancy.EVERYONE)
     if row is None:
         raise LookupError(f"{_unknown(ref)} (was it deleted?)")
     local = store.download(
@@ -129,17 +133,20 @@ def ingest(
     name: str | None,
     label_column: str | None,
     max_bytes: int,
+    tenant: str,
 ) -> tuple[DatasetRow, bool]:
-    """Check, store and describe an upload; (row, created). The same content with the same
-    label column returns the data set already stored. The file is decoded in a child process,
-    and refused (413) when it decodes to more than `max_bytes`."""
+    """Check, store and describe an upload as the tenant's; (row, created). The same content
+    with the same label column returns the tenant's data set already stored. The file is
+    decoded in a child process, and refused (413) when it decodes to more than `max_bytes`."""
     label = (label_column or "").strip()
     try:
         fmt = ml_datasets.detect_format(upload.filename, upload.head)
     except DataError as exc:
         raise ServiceError("validation_error", str(exc)) from exc
     with sessions() as session:
-        existing = repo.find_same_content(session, sha256=upload.sha256, label_column=label)
+        existing = repo.find_same_content(
+            session, sha256=upload.sha256, label_column=label, tenant=tenant
+        )
     if existing is not None:
         return existing, False
     label_name = Path(upload.filename or "").stem
@@ -161,6 +168,7 @@ def ingest(
                 sha256=stored.sha256,
                 uri=stored.uri,
                 label_column=label,
+                tenant=tenant,
                 created_at=utcnow(),
                 **described,
             )
@@ -168,7 +176,9 @@ def ingest(
         # The same content arrived concurrently and won: answer with its data set.
         store.delete_prefix(dataset_prefix(dataset_id))
         with sessions() as session:
-            winner = repo.find_same_content(session, sha256=upload.sha256, label_column=label)
+            winner = repo.find_same_content(
+                session, sha256=upload.sha256, label_column=label, tenant=tenant
+            )
         if winner is None:
             raise
         return winner, False
@@ -178,26 +188,28 @@ def ingest(
     return row, True
 
 
-def describe(session: Session, dataset_id: str) -> tuple[BuiltinInfo | DatasetRow, dict[str, Any]]:
+def describe(
+    session: Session, dataset_id: str, *, scope: Scope
+) -> tuple[BuiltinInfo | DatasetRow, dict[str, Any]]:
     """The built-in or upload `dataset_id` names, and its summary (statistics and preview)."""
     if dataset_id.startswith(BUILTIN_PREFIX):
         info = builtin(dataset_id)
         return info, builtin_summary(info.name)
-    row = repo.get(session, dataset_id=dataset_id)
+    row = repo.get(session, dataset_id=dataset_id, scope=scope)
     return row, row.summary or {}
 
 
-def delete(session: Session, store: ArtifactStore, dataset_id: str) -> None:
+def delete(session: Session, store: ArtifactStore, dataset_id: str, *, scope: Scope) -> None:
     """Remove the row and its stored object (in a transaction of its own); 409 while a queued
     or running job uses it."""
     if dataset_id.startswith(BUILTIN_PREFIX):
         raise ServiceError("unsupported_operation", "built-in data sets cannot be deleted")
     with session.begin():
-        _delete(session, store, dataset_id)
+        _delete(session, store, dataset_id, scope)
 
 
-def _delete(session: Session, store: ArtifactStore, dataset_id: str) -> None:
-    row = repo.get(session, dataset_id=dataset_id)
+def _delete(session: Session, store: ArtifactStore, dataset_id: str, scope: Scope) -> None:
+    row = repo.get(session, dataset_id=dataset_id, scope=scope)
     users = repo.active_jobs_using(session, dataset_id=dataset_id)
     if users:
         raise ServiceError(
@@ -226,8 +238,11 @@ def _decode(cursor: str) -> tuple[int, pagination.Position | None]:
 
 
 def list_page(
-    session: Session, *, limit: int, cursor: str | None
+    session: Session, *, limit: int, cursor: str | None, scope: Scope, tenant: str | None = None
 ) -> tuple[list[BuiltinInfo | DatasetRow], str | None]:
+    """The built-ins (shared by every tenant), then the uploads `scope` reaches (of `tenant`
+    only, if given)."""
+    uploads = partial(repo.list_page, session, scope=scope, tenant=tenant)
     builtins = ml_datasets.list_builtins()
     start, after = _decode(cursor) if cursor else (0, None)
     items: list[BuiltinInfo | DatasetRow] = list(builtins[start : start + limit])
@@ -235,9 +250,9 @@ def list_page(
         return items, pagination.encode(["builtin", start + limit])
     remaining = limit - len(items)
     if remaining == 0:
-        more, _ = repo.list_page(session, limit=1, after=None)
+        more, _ = uploads(limit=1, after=None)
         return items, pagination.encode(["builtin", len(builtins)]) if more else None
-    rows, next_cursor = repo.list_page(session, limit=remaining, after=after)
+    rows, next_cursor = uploads(limit=remaining, after=after)
     return [*items, *rows], next_cursor
 
 

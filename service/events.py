@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
+from service.db import tenancy
 from service.db.jobs import TERMINAL
 from service.errors import ServiceError
 from service.event_format import encode, format_event, iso, job_status
@@ -45,6 +46,7 @@ class Snapshot:
     status: dict[str, Any]
     progress: dict[str, Any]
     result: dict[str, Any] | None = None
+    tenant: str = tenancy.DEFAULT  # whose job: a subscriber's scope must reach it
 
     @property
     def ended(self) -> bool:
@@ -95,8 +97,8 @@ def metrics_payload(rows: Iterable[Row], names: frozenset[str] | None) -> str | 
 
 def read_snapshot(sessions: sessionmaker[Session], job_id: str) -> Snapshot:
     with sessions() as session:
-        job = job_repo.get(session, job_id=job_id)
-        snap = Snapshot(job_status(job), dict(job.progress or {}))
+        job = job_repo.get(session, job_id=job_id, scope=tenancy.EVERYONE)
+        snap = Snapshot(job_status(job), dict(job.progress or {}), tenant=job.tenant)
         if snap.ended:
             snap.result = job.result
         return snap
@@ -303,15 +305,25 @@ class Stream:
     """One client's server-sent events: subscribed on `open`, unsubscribed on `close`."""
 
     def __init__(
-        self, hub: EventHub, job_id: str, position: Position, names: Iterable[str] | None = None
+        self,
+        hub: EventHub,
+        job_id: str,
+        position: Position,
+        names: Iterable[str] | None = None,
+        *,
+        scope: tenancy.Scope,
     ) -> None:
-        self.hub, self.job_id, self.position = hub, job_id, position
+        self.hub, self.job_id, self.position, self.scope = hub, job_id, position, scope
         self.names = frozenset(names) if names else None
         self._subscription: tuple[Poller, asyncio.Queue[Update], int, Snapshot] | None = None
 
     async def open(self) -> None:
-        """Join the job's poller; raises 404 before any byte is sent."""
+        """Join the job's poller; raises 404 before any byte is sent (also for a job that the
+        stream's scope does not reach: the shared poller reads it for whoever may see it)."""
         poller = await self.hub.poller(self.job_id)
+        assert poller.snapshot is not None
+        if not self.scope.reaches(poller.snapshot.tenant):
+            raise job_repo.not_found(self.job_id)
         self._subscription = (poller, *poller.subscribe())
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
 """Loaded models for serving: downloaded and verified once, kept in a bounded LRU cache; and
-what a model reference (id, name or name@version) resolves to, kept `model_ref_ttl` seconds.
+what a model reference (id, name or name@version) resolves to for a tenant scope, kept
+`model_ref_ttl` seconds.
 
 A model's kind loads it (`Kind.load`) into a :class:`ml.core.serving.Servable` whose operations are
 compiled once with a fixed input signature. TensorFlow is imported here on the first request
@@ -30,6 +31,7 @@ from service.admission import Admission
 from service.batching import Batcher
 from service.config import Settings
 from service.db import models as model_repo
+from service.db.tenancy import Scope
 from service.errors import ServiceError
 from service.storage import ArtifactStore
 
@@ -97,25 +99,29 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
         self.ref_ttl = settings.model_ref_ttl
-        self._refs: dict[str, tuple[float, ModelInfo]] = {}
+        # (scope, ref) -> (expiry, info): a name means another model in another tenant.
+        self._refs: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
         self.in_flight = 0  # operations under way (a lone one may skip the batching path)
         self.admission = Admission(settings)  # bounds per model, and the inference threads
 
-    def known(self, ref: str) -> ModelInfo | None:
-        """What `ref` resolved to less than `model_ref_ttl` seconds ago (never blocks)."""
-        hit = self._refs.get(ref)
+    def known(self, ref: str, scope: Scope) -> ModelInfo | None:
+        """What `ref` resolved to for `scope` less than `model_ref_ttl` seconds ago (never
+        blocks)."""
+        hit = self._refs.get((scope.cache_key, ref))
         return hit[1] if hit is not None and hit[0] > time.monotonic() else None
 
-    def resolve(self, sessions: Sessions, ref: str, *, fresh: bool = False) -> ModelInfo:
-        """The models row behind `ref` (404 if none), remembered for `model_ref_ttl` seconds;
-        `fresh` reads the row again whatever is remembered."""
+    def resolve(
+        self, sessions: Sessions, ref: str, *, scope: Scope, fresh: bool = False
+    ) -> ModelInfo:
+        """The models row behind `ref` for a caller of `scope` (404 if none), remembered for
+        `model_ref_ttl` seconds; `fresh` reads the row again whatever is remembered."""
         now = time.monotonic()
-        hit = None if fresh else self.known(ref)
+        hit = None if fresh else self.known(ref, scope)
         if hit is not None:
             return hit
         with sessions() as session:
-            info = ModelInfo.of(model_repo.resolve(session, ref))
-        self._refs[ref] = (now + self.ref_ttl, info)
+            info = ModelInfo.of(model_repo.resolve(session, ref, scope=scope))
+        self._refs[(scope.cache_key, ref)] = (now + self.ref_ttl, info)
         return info
 
     @property

@@ -31,6 +31,7 @@ from service.config import Settings
 from service.db import jobs as reads
 from service.db.base import new_id, utcnow
 from service.db.tables import Job
+from service.db.tenancy import DEFAULT, Scope
 from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def submit(
         if replay is not None:
             return Submitted(replay, replayed=True)
     with session.begin():
-        datasets.check_ref(session, spec, settings)
+        datasets.check_ref(session, spec, settings, scope=principal.scope)
     job_id = new_id()
     try:
         with session.begin():
@@ -100,6 +101,7 @@ def submit(
                 idempotency_key=idempotency_key,
                 request_hash=request_hash,
                 api_key_id=principal.key_id,
+                tenant=principal.tenant,
             )
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
@@ -125,8 +127,9 @@ def create(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     api_key_id: str | None = None,
+    tenant: str = DEFAULT,
 ) -> Job:
-    """Insert a queued job row (the caller commits, then publishes)."""
+    """Insert a queued job row of `tenant` (the caller commits, then publishes)."""
     job = Job(
         id=job_id,
         kind=kind,
@@ -141,6 +144,7 @@ def create(
         idempotency_scope=idempotency_scope,
         idempotency_key=idempotency_key,
         api_key_id=api_key_id,
+        tenant=tenant,
         request_hash=request_hash,
         created_at=utcnow(),
     )
@@ -271,25 +275,23 @@ def fail_dead(session: Session, *, job_id: str, worker: str, code: str, message:
 # --- cancel ---------------------------------------------------------------------------------
 
 
-def cancel(session: Session, *, job_id: str) -> Job:
-    """A queued job ends now; a running one is flagged and ends at its next report.
-
-    Cancelling a cancelled job answers the job again; any other ended job is a 409.
+def cancel(session: Session, *, job_id: str, scope: Scope) -> Job:
+    """A queued job (that `scope` reaches) ends now; a running one is flagged and ends at its
+    next report. Cancelling a cancelled job answers the job again; any other ended job is a 409.
     """
-    status = reads.get(session, job_id=job_id).status
-    if status == "queued":
+    job = reads.get(session, job_id=job_id, scope=scope)
+    if job.status == "queued":
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "queued")
             .values(status="cancelled", finished_at=utcnow(), cancel_requested=True)
         )
-    elif status == "running":
+    elif job.status == "running":
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == "running")
             .values(cancel_requested=True)
         )
-    job = reads.get(session, job_id=job_id)
     session.refresh(job)
     if job.status in reads.TERMINAL and job.status != "cancelled":
         raise ServiceError(

@@ -7,6 +7,7 @@ from typing import Any
 
 from service.config import get_settings
 from service.db import keys as key_repo
+from service.db import tenancy
 from service.db.session import make_engine, make_sessionmaker
 from service.errors import ServiceError
 
@@ -18,10 +19,10 @@ def _sessions() -> Any:
 def cmd_create(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     with _sessions().begin() as session:
-        key, secret = key_repo.create(session, scopes=scopes, name=args.name)
+        key, secret = key_repo.create(session, scopes=scopes, name=args.name, tenant=args.tenant)
         print(
-            f"created key {key.id} ({key.name}; scopes {','.join(key.scopes)}); "
-            "it is shown only now:"
+            f"created key {key.id} ({key.name}; tenant {key.tenant}; scopes "
+            f"{','.join(key.scopes)}); it is shown only now:"
         )
     print(secret)
     return 0
@@ -35,7 +36,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for key in keys:
             state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
             print(
-                f"{key.id}  {key.prefix}…  {key.name:<20}  {','.join(key.scopes):<22}  "
+                f"{key.id}  {key.prefix}…  {key.name:<20}  {key.tenant:<16}  "
+                f"{','.join(key.scopes):<22}  "
                 f"created {key.created_at:%Y-%m-%d}  {state}"
             )
     return 0
@@ -54,6 +56,12 @@ def add_key_commands(sub: Any) -> None:
     create = actions.add_parser("create", help="make a key; prints it once, as the last word")
     create.add_argument("--scopes", required=True, help="comma-separated: read,train,infer,admin")
     create.add_argument("--name", default="unnamed")
+    create.add_argument(
+        "--tenant",
+        default=tenancy.DEFAULT,
+        help="the application the key belongs to: it reaches only its tenant's jobs, data sets "
+        "and models (an admin key reaches every tenant's)",
+    )
     create.set_defaults(func=guarded(cmd_create))
     listing = actions.add_parser("list", help="every key (never the secrets)")
     listing.set_defaults(func=guarded(cmd_list))

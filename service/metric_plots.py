@@ -14,6 +14,7 @@ from ml.core.registry import UnknownKind, get_kind
 from service import plots
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
+from service.db.tenancy import Scope
 
 CACHE_ENTRIES = 64
 
@@ -56,9 +57,10 @@ class Plot:
         return '"' + hashlib.sha256(self.key.encode()).hexdigest()[:32] + '"'
 
 
-def identify(session: Session, *, job_id: str, wanted: list[str]) -> Plot:
-    """The plot of these metrics of the job as it stands; 404 for no job or an unknown name."""
-    job = job_repo.get(session, job_id=job_id)
+def identify(session: Session, *, job_id: str, wanted: list[str], scope: Scope) -> Plot:
+    """The plot of these metrics of the job as it stands; 404 for no job (that `scope` reaches)
+    or an unknown name."""
+    job = job_repo.get(session, job_id=job_id, scope=scope)
     available = metric_repo.check_names(session, job_id=job_id, wanted=wanted)
     version = metric_repo.version(session, job_id=job_id)
     key = f"{job_id}|{','.join(wanted)}|{version}|{job.status}"

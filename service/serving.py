@@ -24,6 +24,7 @@ from ml.core.serving import UnsupportedOperation
 from service import bodies, chunks, prom
 from service.admission import Disconnected, Gate, Ticket
 from service.config import Settings
+from service.db.tenancy import Scope
 from service.errors import ServiceError
 from service.inference import ModelCache, ModelInfo, Sessions
 
@@ -38,9 +39,13 @@ PRIMARY = {
 ROW_OPERATIONS = ("encode", "reconstruct", "score", "predict")
 
 
-async def model_info(cache: ModelCache, sessions: Sessions, ref: str) -> ModelInfo:
-    """What `ref` names, from the cache's memory when it is recent (no thread hop)."""
-    return cache.known(ref) or await run_in_threadpool(cache.resolve, sessions, ref)
+async def model_info(cache: ModelCache, sessions: Sessions, ref: str, scope: Scope) -> ModelInfo:
+    """What `ref` names for a caller of `scope`, from the cache's memory when it is recent (no
+    thread hop)."""
+    known = cache.known(ref, scope)
+    if known is not None:
+        return known
+    return await run_in_threadpool(lambda: cache.resolve(sessions, ref, scope=scope))
 
 
 def check_serves(info: ModelInfo, ref: str, operation: str) -> None:
@@ -59,6 +64,7 @@ async def run_rows(
     settings: Settings,
     *,
     ref: str,
+    scope: Scope,
     operation: str,
     body: Callable[[], Awaitable[bytes]],
     content_type: str,
@@ -70,7 +76,7 @@ async def run_rows(
     light, else in chunks."""
     cache.in_flight += 1
     try:
-        info = await model_info(cache, sessions, ref)
+        info = await model_info(cache, sessions, ref, scope)
         check_serves(info, ref, operation)
         raw = bodies.read_rows(await body(), content_type, max_columns=math.prod(info.input_shape))
         x = shape_rows(raw, info, settings.max_inference_rows)
@@ -170,6 +176,7 @@ async def generate(
     settings: Settings,
     *,
     ref: str,
+    scope: Scope,
     options: dict[str, Any],
     key: str | None = None,
     disconnected: Disconnected | None = None,
@@ -181,7 +188,7 @@ async def generate(
         raise ServiceError(
             "validation_error", f"n = {n} is more than the limit of {settings.max_generate}"
         )
-    info = await model_info(cache, sessions, ref)
+    info = await model_info(cache, sessions, ref, scope)
     check_serves(info, ref, "generate")
     # The estimate's unit is a sample-step: a diffusion model's cost grows with its steps.
     steps = int(options.get("steps") or info.calibration.get("timesteps") or 1)
@@ -209,9 +216,11 @@ async def generate(
     return answer
 
 
-async def picture(cache: ModelCache, sessions: Sessions, *, ref: str, name: str) -> bytes:
+async def picture(
+    cache: ModelCache, sessions: Sessions, *, ref: str, scope: Scope, name: str
+) -> bytes:
     """The PNG of one of the pictures the model's kind draws; 404 naming those it has."""
-    info = await run_in_threadpool(lambda: cache.resolve(sessions, ref, fresh=True))
+    info = await run_in_threadpool(lambda: cache.resolve(sessions, ref, scope=scope, fresh=True))
     if name not in info.pictures:
         raise ServiceError(
             "not_found",

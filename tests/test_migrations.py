@@ -16,7 +16,7 @@ from service.db import tables  # noqa: F401
 from service.db.base import Base
 from tests.pg import scratch_database
 
-TABLES = {"jobs", "metric_points", "models", "datasets", "api_keys"}
+TABLES = {"jobs", "metric_points", "models", "datasets", "api_keys", "sessions"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -77,7 +77,8 @@ def test_tenants_fill_default_into_old_rows_and_names_are_unique_per_tenant(
     insert_model = (
         "INSERT INTO models (id, name, version, kind, artifact_uri, sha256, input_shape, "
         "preprocessing, capabilities, pictures, calibration, evaluation, created_at{t}) VALUES "
-        "(:id, 'cancer-ae', 1, :kind, :uri, :sha, '[]', '{{}}', '[]', '[]', '{{}}', '{{}}', :now{v})"
+        "(:id, 'cancer-ae', 1, :kind, :uri, :sha, '[]', '{{}}', '[]', '[]', '{{}}', '{{}}', "
+        ":now{v})"
     )
     try:
         with engine.begin() as conn:

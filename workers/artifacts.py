@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ml.core.datasets import DataError, Dataset
@@ -24,7 +25,9 @@ from service import datasets
 from service import jobs as lifecycle
 from service.db import jobs as job_reads
 from service.db import models as model_repo
+from service.db import tenancy
 from service.db.base import utcnow
+from service.db.tables import Job
 from service.jsonsafe import json_safe
 from service.storage import (
     ArtifactStore,
@@ -72,7 +75,8 @@ class Checkpoints:
     def restore(self) -> int:
         """Download the last recorded checkpoint into the folder; the number of files."""
         with self.sessions() as session:
-            manifest = job_reads.get(session, job_id=self.job_id).checkpoint
+            job = job_reads.get(session, job_id=self.job_id, scope=tenancy.EVERYONE)
+            manifest = job.checkpoint
         if not manifest:
             return 0
         self.touched = True
@@ -148,12 +152,14 @@ def store_model(store: ArtifactStore, outcome: ModelOutcome, *, model_id: str) -
 def register_model(
     session: Session, stored: StoredModel, *, job_id: str, name: str, kind: str
 ) -> None:
-    """Insert the models row: the next version of the job's name."""
+    """Insert the models row: the next version of the job's name, in the job's tenant."""
     outcome = stored.outcome
+    tenant = session.scalar(select(Job.tenant).where(Job.id == job_id)) or tenancy.DEFAULT
     model_repo.create(
         session,
         model_id=stored.id,
         name=name,
+        tenant=tenant,
         kind=kind,
         job_id=job_id,
         artifact_uri=stored.uri,

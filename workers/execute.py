@@ -26,6 +26,7 @@ from ml.core.reporting import JobCancelled, JobFailed, RunContext, RunOutcome
 from service import jobs as lifecycle
 from service.config import Settings, get_settings
 from service.db import jobs as job_reads
+from service.db.tenancy import EVERYONE
 from service.jsonsafe import json_safe
 from service.storage import ArtifactStore, model_prefix
 from workers import artifacts, runtime, tensorboard
@@ -113,7 +114,7 @@ class JobRun:
         """Read the claimed row; make the attempt's folders, reporter and checkpoints."""
         sessions = runtime.sessions()
         with sessions() as session:
-            job = job_reads.get(session, job_id=job_id)
+            job = job_reads.get(session, job_id=job_id, scope=EVERYONE)
             kind_name, spec_data, job_name = job.kind, job.spec, job.name
         log.info("job %s (%s) attempt %d started on %s", job_id, kind_name, attempt, worker)
         store = ArtifactStore.from_settings(settings)

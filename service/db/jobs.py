@@ -11,18 +11,24 @@ from sqlalchemy.orm import Session
 
 from service.db import pagination
 from service.db.tables import Job
+from service.db.tenancy import Scope
 from service.errors import ServiceError
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-def get(session: Session, *, job_id: str) -> Job:
-    """The job, or 404."""
+def get(session: Session, *, job_id: str, scope: Scope) -> Job:
+    """The job, if `scope` reaches it; 404 otherwise (another tenant's job is as absent as a
+    missing one)."""
     job = session.get(Job, job_id)
-    if job is None:
-        raise ServiceError("not_found", f"job {job_id} does not exist")
+    if job is None or not scope.reaches(job.tenant):
+        raise not_found(job_id)
     return job
+
+
+def not_found(job_id: str) -> ServiceError:
+    return ServiceError("not_found", f"job {job_id} does not exist")
 
 
 def find_idempotent(session: Session, scope: str, key: str) -> Job | None:
@@ -50,10 +56,15 @@ def list_page(
     kind: str | None,
     limit: int,
     cursor: str | None,
+    scope: Scope,
+    tenant: str | None = None,
 ) -> tuple[Sequence[Job], str | None]:
-    """Newest first; the cursor is the last row's (created_at, id)."""
-    equal = {"status": status or None, "kind": kind or None}
-    return pagination.filtered_page(session, Job, equal=equal, limit=limit, cursor=cursor)
+    """The jobs `scope` reaches (of `tenant` only, if given), newest first; the cursor is the
+    last row's (created_at, id)."""
+    equal = {"status": status or None, "kind": kind or None, "tenant": tenant}
+    return pagination.filtered_page(
+        session, Job, equal=equal, limit=limit, cursor=cursor, where=scope.where(Job.tenant)
+    )
 
 
 def unpublished(session: Session, *, older_than: dt.datetime, limit: int = 100) -> list[Any]:

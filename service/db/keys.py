@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from service.db import tenancy
 from service.db.base import new_id, utcnow
 from service.db.tables import ApiKey
 from service.errors import ServiceError
@@ -21,8 +22,11 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create(session: Session, *, scopes: Sequence[str], name: str) -> tuple[ApiKey, str]:
-    """A new key and its secret (shown to its owner once; only its hash is stored)."""
+def create(
+    session: Session, *, scopes: Sequence[str], name: str, tenant: str = tenancy.DEFAULT
+) -> tuple[ApiKey, str]:
+    """A new key of `tenant` and its secret (shown to its owner once; only its hash is stored)."""
+    tenancy.check_name(tenant)
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ServiceError(
@@ -30,7 +34,7 @@ def create(session: Session, *, scopes: Sequence[str], name: str) -> tuple[ApiKe
             f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(scopes) or 'none'}",
         )
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    return _insert(session, secret=secret, scopes=scopes, name=name), secret
+    return _insert(session, secret=secret, scopes=scopes, name=name, tenant=tenant), secret
 
 
 def ensure(session: Session, *, secret: str, scopes: Sequence[str], name: str) -> ApiKey:
@@ -39,10 +43,18 @@ def ensure(session: Session, *, secret: str, scopes: Sequence[str], name: str) -
     return existing or _insert(session, secret=secret, scopes=scopes, name=name)
 
 
-def _insert(session: Session, *, secret: str, scopes: Sequence[str], name: str) -> ApiKey:
+def _insert(
+    session: Session,
+    *,
+    secret: str,
+    scopes: Sequence[str],
+    name: str,
+    tenant: str = tenancy.DEFAULT,
+) -> ApiKey:
     key = ApiKey(
         id=new_id(),
         name=name,
+        tenant=tenant,
         prefix=secret[: len(SECRET_PREFIX) + 6],
         secret_sha256=digest(secret),
         scopes=sorted(set(scopes)),

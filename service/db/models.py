@@ -1,6 +1,8 @@
 """The model registry: resolve a reference, create the next version of a name, list, delete.
 
-A reference is a model's id, a name (its latest version) or `name@version`.
+A reference is a model's id, a name (its latest version) or `name@version`. Names belong to a
+tenant: they resolve within the caller's own tenant (two tenants may both own `cancer-ae`); an id
+resolves when the caller's scope reaches its tenant (an admin's reaches all).
 """
 
 from __future__ import annotations
@@ -13,37 +15,41 @@ from sqlalchemy.orm import Session
 
 from service.db import pagination
 from service.db.tables import Model
+from service.db.tenancy import DEFAULT, Scope
 from service.errors import ServiceError
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 HOW = "refer to a model by its id, its name (the latest version) or name@version"
 
 
-def _versions(session: Session, name: str) -> list[int]:
-    query = select(Model.version).where(Model.name == name).order_by(Model.version)
-    return list(session.scalars(query))
+def _versions(session: Session, name: str, tenant: str) -> list[int]:
+    query = select(Model.version).where(Model.tenant == tenant, Model.name == name)
+    return list(session.scalars(query.order_by(Model.version)))
 
 
-def _latest(session: Session, name: str) -> Model | None:
-    query = select(Model).where(Model.name == name).order_by(Model.version.desc()).limit(1)
-    return session.scalars(query).first()
+def _latest(session: Session, name: str, tenant: str) -> Model | None:
+    query = select(Model).where(Model.tenant == tenant, Model.name == name)
+    return session.scalars(query.order_by(Model.version.desc()).limit(1)).first()
 
 
-def resolve(session: Session, ref: str) -> Model:
-    """The model `ref` names; ServiceError `not_found` saying what exists otherwise."""
+def resolve(session: Session, ref: str, *, scope: Scope) -> Model:
+    """The model `ref` names, for a caller of this scope; ServiceError `not_found` saying what
+    exists (in the caller's tenant) otherwise."""
     ref = ref.strip()
     if UUID.match(ref):
         model = session.get(Model, ref.lower())
-        if model is not None:
+        if model is not None and scope.reaches(model.tenant):
             return model
     name, at, version = ref.rpartition("@")
     if at and version.isdigit():
         model = session.scalars(
-            select(Model).where(Model.name == name, Model.version == int(version))
+            select(Model).where(
+                Model.tenant == scope.tenant, Model.name == name, Model.version == int(version)
+            )
         ).first()
         if model is not None:
             return model
-        versions = _versions(session, name)
+        versions = _versions(session, name, scope.tenant)
         if versions:
             raise ServiceError(
                 "not_found",
@@ -51,32 +57,45 @@ def resolve(session: Session, ref: str) -> Model:
                 f"{', '.join(map(str, versions))}",
                 {"versions": versions},
             )
-    model = _latest(session, ref)
+    model = _latest(session, ref, scope.tenant)
     if model is None:
         raise ServiceError("not_found", f"no model {ref!r}; {HOW} (GET /v1/models lists them)")
     return model
 
 
-def next_version(session: Session, *, name: str) -> int:
-    current = session.scalar(select(func.max(Model.version)).where(Model.name == name))
-    return int(current or 0) + 1
+def next_version(session: Session, *, name: str, tenant: str = DEFAULT) -> int:
+    query = select(func.max(Model.version)).where(Model.tenant == tenant, Model.name == name)
+    return int(session.scalar(query) or 0) + 1
 
 
-def create(session: Session, *, model_id: str, name: str, **fields: Any) -> Model:
-    """Insert the next version of `name` (a concurrent insert of the same name fails on the
-    (name, version) constraint; the caller retries)."""
-    model = Model(id=model_id, name=name, version=next_version(session, name=name), **fields)
+def create(
+    session: Session, *, model_id: str, name: str, tenant: str = DEFAULT, **fields: Any
+) -> Model:
+    """Insert the next version of `name` in `tenant` (a concurrent insert of the same name fails
+    on the (tenant, name, version) constraint; the caller retries)."""
+    version = next_version(session, name=name, tenant=tenant)
+    model = Model(id=model_id, name=name, tenant=tenant, version=version, **fields)
     session.add(model)
     session.flush()
     return model
 
 
 def list_page(
-    session: Session, *, name: str | None, kind: str | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    name: str | None,
+    kind: str | None,
+    limit: int,
+    cursor: str | None,
+    scope: Scope,
+    tenant: str | None = None,
 ) -> tuple[list[Model], str | None]:
-    """Newest first; the cursor is the last row's (created_at, id)."""
-    equal = {"name": name or None, "kind": kind or None}
-    return pagination.filtered_page(session, Model, equal=equal, limit=limit, cursor=cursor)
+    """The models `scope` reaches (of `tenant` only, if given), newest first; the cursor is the
+    last row's (created_at, id)."""
+    equal = {"name": name or None, "kind": kind or None, "tenant": tenant}
+    return pagination.filtered_page(
+        session, Model, equal=equal, limit=limit, cursor=cursor, where=scope.where(Model.tenant)
+    )
 
 
 def delete(session: Session, *, model: Model) -> None:

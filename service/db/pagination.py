@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from service.errors import ServiceError
@@ -105,10 +105,11 @@ def filtered_page(
     equal: dict[str, Any],
     limit: int,
     cursor: str | None,
+    where: ColumnElement[bool] | None = None,
 ) -> tuple[list[Row], str | None]:
-    """A page of `table`'s rows whose columns equal the given values (None: any), newest
-    first, after the position in `cursor`."""
-    query = select(table)
+    """A page of `table`'s rows whose columns equal the given values (None: any) and that meet
+    `where` (a tenant scope), newest first, after the position in `cursor`."""
+    query = select(table) if where is None else select(table).where(where)
     for column, value in equal.items():
         if value is not None:
             query = query.where(getattr(table, column) == value)

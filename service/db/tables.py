@@ -50,6 +50,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The API key that submitted the job (None when authentication is disabled).
     api_key_id: Mapped[str | None] = mapped_column(ID, nullable=True)
+    # The tenant that owns the row; rows made before tenants existed belong to "default".
+    tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     idempotency_scope: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -65,6 +67,7 @@ class Job(Base):
         Index("ix_jobs_kind_created_at", "kind", "created_at"),
         UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_jobs_idempotency"),
         Index("ix_jobs_api_key_id_status", "api_key_id", "status"),
+        Index("ix_jobs_tenant_created_at_id", "tenant", "created_at", "id"),
     )
 
 
@@ -105,10 +108,14 @@ class Model(Base):
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # {logical name: {"key", "sha256", "size"}}; `sha256` above is the hash of this manifest.
     files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    # The tenant that owns the row; rows made before tenants existed belong to "default".
+    tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
-        UniqueConstraint("name", "version", name="uq_models_name_version"),
+        # Names resolve within a tenant: two tenants may both own `cancer-ae` version 1.
+        UniqueConstraint("tenant", "name", "version", name="uq_models_tenant_name_version"),
+        Index("ix_models_tenant_created_at_id", "tenant", "created_at", "id"),
         Index("ix_models_kind_created_at", "kind", "created_at"),
         Index("ix_models_created_at_id", "created_at", "id"),
     )
@@ -131,11 +138,16 @@ class Dataset(Base):
     label_column: Mapped[str] = mapped_column(String(200), default="", server_default="")
     # Per-feature statistics and a preview, computed once at upload.
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The tenant that owns the row; rows made before tenants existed belong to "default".
+    tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
-        # Identical content with the same label column is stored once.
-        UniqueConstraint("sha256", "label_column", name="uq_datasets_sha256_label_column"),
+        # Identical content with the same label column is stored once per tenant.
+        UniqueConstraint(
+            "tenant", "sha256", "label_column", name="uq_datasets_tenant_sha256_label_column"
+        ),
+        Index("ix_datasets_tenant_created_at_id", "tenant", "created_at", "id"),
         Index("ix_datasets_created_at_id", "created_at", "id"),
     )
 
@@ -153,3 +165,6 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    tenant: Mapped[str] = mapped_column(
+        String(64), default="default", server_default="default", index=True
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import BaseModel
+
+from service.db import tenancy
 
 
 class ErrorDetail(BaseModel):
@@ -26,3 +29,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (503, "Database or broker unavailable; retry"),
     )
 }
+
+# `?tenant=` on the list routes: an admin key narrows the listing to one tenant; another key
+# reaches only its own tenant, so any other value lists nothing.
+TenantFilter = Annotated[
+    str | None,
+    Query(
+        max_length=tenancy.MAX_CHARS,
+        pattern=tenancy.PATTERN,
+        description="Only this tenant's (admin keys; other keys only ever see their own).",
+    ),
+]

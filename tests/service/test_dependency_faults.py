@@ -9,6 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.db.tenancy import EVERYONE
 from service.main import create_app
 from service.queue import Publisher
 from service.reconciler import reconcile_once
@@ -66,7 +67,7 @@ def test_broker_down_at_submit_keeps_the_job_and_publishes_it_later(settings: Se
         from service.db import jobs as job_repo
 
         with app.state.sessions.begin() as session:
-            job_repo.get(session, job_id=job["id"]).queue = queue
+            job_repo.get(session, job_id=job["id"], scope=EVERYONE).queue = queue
         time.sleep(0.6)  # the reconciler leaves jobs younger than 0.5 s to the request
         try:
             assert reconcile_once(app.state.sessions, publisher, up) == 1

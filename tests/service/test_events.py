@@ -23,6 +23,7 @@ from service import jobs as lifecycle
 from service.config import Settings
 from service.db import metrics as metric_repo
 from service.db.session import make_engine, make_sessionmaker
+from service.db.tenancy import EVERYONE
 from tests.conftest import RecordingPublisher, free_port, submit
 from tests.integration.helpers import THERMOML, start, stop, wait_for
 
@@ -276,7 +277,10 @@ def test_one_poller_serves_every_watcher_of_a_job(
 
     async def main() -> tuple[list[list[str]], events.EventHub, float]:
         hub = events.EventHub(sessions, interval=interval, keepalive=5)
-        streams = [events.Stream(hub, job["id"], events.Position()) for _ in range(watchers)]
+        streams = [
+            events.Stream(hub, job["id"], events.Position(), scope=EVERYONE)
+            for _ in range(watchers)
+        ]
         for s in streams:
             await s.open()
         assert len(hub.pollers) == 1
@@ -313,7 +317,7 @@ def test_a_subscriber_that_falls_behind_is_dropped(
 
     async def main() -> list[str]:
         hub = events.EventHub(sessions, interval=0.01, keepalive=5)
-        slow = events.Stream(hub, job["id"], events.Position())
+        slow = events.Stream(hub, job["id"], events.Position(), scope=EVERYONE)
         await slow.open()
         poller = hub.pollers[job["id"]]
         for step in range(4):
@@ -335,7 +339,7 @@ def test_closing_the_hub_ends_open_streams(settings: Settings, client: TestClien
 
     async def main() -> list[str]:
         hub = events.EventHub(sessions, interval=0.01, keepalive=5)
-        s = events.Stream(hub, job["id"], events.Position())
+        s = events.Stream(hub, job["id"], events.Position(), scope=EVERYONE)
         await s.open()
         asyncio.get_running_loop().call_later(0.1, hub.close)
         return [chunk async for chunk in s.events()]

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ml.core.datasets import load_builtin
+from service.db.tenancy import EVERYONE
 from tests.conftest import submit
 
 QUICK = {"epochs": 2, "batch_size": 32, "seed": 0}
@@ -466,7 +467,7 @@ def test_long_work_runs_in_chunks_that_answer_like_one_call(client: TestClient, 
     model = train(client, "vae", name="chunky")
     client.post("/v1/models/chunky/encode", json={"inputs": rows})  # loads the model
     cache = client.app.state.model_cache  # type: ignore[attr-defined]
-    servable = cache.get(cache.resolve(client.app.state.sessions, "chunky"))  # type: ignore[attr-defined]
+    servable = cache.get(cache.resolve(client.app.state.sessions, "chunky", scope=EVERYONE))  # type: ignore[attr-defined]
     n = 2 * chunks.GENERATE_CHUNK + 76
     whole = servable.run("generate", None, n=n, seed=5)["samples"]
     sizes: list[int] = []

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.db import models as model_repo
+from service.db.tenancy import EVERYONE
 from service.errors import ServiceError
 from service.storage import ArtifactStore
 from tests.tinykind import make_job, read_job, tiny  # noqa: F401
@@ -94,10 +95,10 @@ def test_unknown_refs_are_404(
 
 def test_resolve_is_usable_directly(settings: Settings, models: dict[str, str]) -> None:
     with runtime.sessions()() as session:
-        assert model_repo.resolve(session, "moons").version == 2
-        assert model_repo.resolve(session, models["moons@1"].upper()).version == 1
+        assert model_repo.resolve(session, "moons", scope=EVERYONE).version == 2
+        assert model_repo.resolve(session, models["moons@1"].upper(), scope=EVERYONE).version == 1
         with pytest.raises(ServiceError) as raised:
-            model_repo.resolve(session, "moons@3")
+            model_repo.resolve(session, "moons@3", scope=EVERYONE)
         assert raised.value.code == "not_found"
 
 

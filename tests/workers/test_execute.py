@@ -19,6 +19,7 @@ from service.config import Settings
 from service.db import metrics as metric_repo
 from service.db.base import new_id, utcnow
 from service.db.tables import Job
+from service.db.tenancy import EVERYONE
 from workers import runtime
 from workers.execute import execute
 
@@ -154,7 +155,7 @@ def test_cancel_while_running_stops_at_the_next_report(settings: Settings, probe
     assert started.wait(10)
     time.sleep(0.6)
     with runtime.sessions().begin() as session:
-        assert lifecycle.cancel(session, job_id=job_id).status == "running"
+        assert lifecycle.cancel(session, job_id=job_id, scope=EVERYONE).status == "running"
     thread.join(20)
     assert outcome["s"] == "cancelled"
     job = read(job_id)

@@ -2,6 +2,8 @@
 
 `/` jobs, `/jobs/{id}` one job (its plots follow the job live through its event stream),
 `/models` and `/models/{ref}` (evaluation and pictures); `/static/*` serves the page assets.
+The lists show the signed-in key's own tenant (an admin key's too: the API's `?tenant=` lists
+others); a page of another tenant's object is a 404 unless the key is an admin's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jinja2
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from service.api.deps import PageDep, SessionDep
+from service.api.deps import PageDep, PrincipalDep, SessionDep
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.db import models as model_repo
@@ -90,14 +92,22 @@ def _not_found(exc: ServiceError) -> HTMLResponse:
 def jobs_page(
     session: SessionDep,
     page: PageDep,
+    principal: PrincipalDep,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     kind: str | None = None,
 ) -> HTMLResponse:
     """The job list, newest first; the page refreshes its rows from `GET /v1/jobs`."""
     jobs, next_cursor = job_repo.list_page(
-        session, status=status, kind=kind, limit=page.limit, cursor=page.cursor
+        session,
+        status=status,
+        kind=kind,
+        limit=page.limit,
+        cursor=page.cursor,
+        scope=principal.scope,
+        tenant=principal.tenant,
     )
     query = {k: v for k, v in (("status", status), ("kind", kind), ("limit", page.limit)) if v}
+    query["tenant"] = principal.tenant
     if page.cursor:
         query["cursor"] = page.cursor
     return _page(
@@ -113,10 +123,10 @@ def jobs_page(
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: str, session: SessionDep) -> HTMLResponse:
+def job_page(job_id: str, session: SessionDep, principal: PrincipalDep) -> HTMLResponse:
     """One job: status, progress, its metric plots (updated live), result and spec."""
     try:
-        job = job_out(job_repo.get(session, job_id=job_id))
+        job = job_out(job_repo.get(session, job_id=job_id, scope=principal.scope))
     except ServiceError as exc:
         return _not_found(exc)
     cursor = metric_repo.max_point_id(session, job_id=job_id)
@@ -138,20 +148,28 @@ def job_page(job_id: str, session: SessionDep) -> HTMLResponse:
 
 
 @router.get("/models", response_class=HTMLResponse)
-def models_page(session: SessionDep, page: PageDep, kind: str | None = None) -> HTMLResponse:
-    """The model registry, newest first."""
+def models_page(
+    session: SessionDep, page: PageDep, principal: PrincipalDep, kind: str | None = None
+) -> HTMLResponse:
+    """The tenant's model registry, newest first."""
     models, next_cursor = model_repo.list_page(
-        session, name=None, kind=kind, limit=page.limit, cursor=page.cursor
+        session,
+        name=None,
+        kind=kind,
+        limit=page.limit,
+        cursor=page.cursor,
+        scope=principal.scope,
+        tenant=principal.tenant,
     )
     items = [model_out(m) for m in models]
     return _page("models.html", title="Models", models=items, next_cursor=next_cursor, kind=kind)
 
 
 @router.get("/models/{ref}", response_class=HTMLResponse)
-def model_page(ref: str, session: SessionDep) -> HTMLResponse:
+def model_page(ref: str, session: SessionDep, principal: PrincipalDep) -> HTMLResponse:
     """One model: what it serves, its evaluation and calibration, and its pictures."""
     try:
-        model = model_out(model_repo.resolve(session, ref))
+        model = model_out(model_repo.resolve(session, ref, scope=principal.scope))
     except ServiceError as exc:
         return _not_found(exc)
     pictures = sorted(

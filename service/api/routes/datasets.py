@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from service import datasets
 from service.api import uploads
-from service.api.deps import PageDep, SessionDep, SettingsDep, StoreDep
+from service.api.deps import PageDep, PrincipalDep, SessionDep, SettingsDep, StoreDep
 from service.errors import ServiceError
-from service.schemas.common import ERROR_RESPONSES, ErrorBody
+from service.schemas.common import ERROR_RESPONSES, ErrorBody, TenantFilter
 from service.schemas.datasets import (
     DatasetDetail,
     DatasetOut,
@@ -67,7 +67,11 @@ UPLOAD_BODY: dict[str, Any] = {
     },
 )
 async def upload_dataset(
-    request: Request, settings: SettingsDep, store: StoreDep, response: Response
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    response: Response,
+    principal: PrincipalDep,
 ) -> DatasetOut:
     """Upload a data set as multipart fields `file`, `name`, `label_column`.
 
@@ -90,6 +94,7 @@ async def upload_dataset(
             name=name,
             label_column=upload.fields.get("label_column"),
             max_bytes=settings.max_dataset_bytes,
+            tenant=principal.tenant,
         )
     finally:
         upload.discard()
@@ -100,21 +105,28 @@ async def upload_dataset(
 
 
 @router.get("", response_model=DatasetPage)
-def list_datasets(session: SessionDep, page: PageDep) -> DatasetPage:
-    """The built-ins (`builtin:<name>`) first, then uploads, newest first."""
-    items, next_cursor = datasets.list_page(session, limit=page.limit, cursor=page.cursor)
+def list_datasets(
+    session: SessionDep, page: PageDep, principal: PrincipalDep, tenant: TenantFilter = None
+) -> DatasetPage:
+    """The built-ins (`builtin:<name>`, shared by every tenant) first, then the tenant's uploads
+    (an admin's: every tenant's), newest first."""
+    items, next_cursor = datasets.list_page(
+        session, limit=page.limit, cursor=page.cursor, scope=principal.scope, tenant=tenant
+    )
     return DatasetPage(items=[item_out(i) for i in items], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetDetail)
-def get_dataset(dataset_id: str, session: SessionDep) -> DatasetDetail:
+def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> DatasetDetail:
     """Shape and labels, per-feature mean/std/min/max (first 64 features) and the first rows."""
-    item, summary = datasets.describe(session, dataset_id)
+    item, summary = datasets.describe(session, dataset_id, scope=principal.scope)
     return detail_out(item_out(item), summary)
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(dataset_id: str, session: SessionDep, store: StoreDep) -> Response:
+def delete_dataset(
+    dataset_id: str, session: SessionDep, store: StoreDep, principal: PrincipalDep
+) -> Response:
     """Remove the data set and its stored file; 409 while a queued or running job uses it."""
-    datasets.delete(session, store, dataset_id)
+    datasets.delete(session, store, dataset_id, scope=principal.scope)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import MetricNamesDep
+from service.api.deps import MetricNamesDep, PrincipalDep
 from service.events import EventHub, Position, Stream
 from service.schemas.common import ERROR_RESPONSES
 
@@ -69,6 +69,7 @@ async def job_events(
     job_id: str,
     request: Request,
     names: MetricNamesDep,
+    principal: PrincipalDep,
     last_event_id: Annotated[
         str | None,
         Query(
@@ -84,6 +85,6 @@ async def job_events(
     points (all of them, or those after `Last-Event-ID`) as `metrics` batches, then what changes,
     and `end` once the job ended. Reconnecting with `Last-Event-ID` resumes without gaps."""
     position = Position.parse(last_event_id_header or last_event_id)
-    stream = Stream(get_hub(request), job_id, position, names or None)
+    stream = Stream(get_hub(request), job_id, position, names or None, scope=principal.scope)
     await stream.open()
     return EventStreamResponse(stream)

@@ -42,6 +42,7 @@ def _row_route(operation: str, summary: str) -> None:
             state.sessions,
             state.settings,
             ref=ref,
+            scope=current(request).scope,
             operation=operation,
             body=request.body,
             content_type=request.headers.get("content-type", ""),
@@ -73,6 +74,7 @@ async def generate(
         state.sessions,
         state.settings,
         ref=ref,
+        scope=current(request).scope,
         options=options,
         key=current(request).key_id,
         disconnected=request.is_disconnected,
@@ -87,5 +89,6 @@ async def generate(
 )
 async def picture(ref: str, picture: str, request: Request, cache: ModelCacheDep) -> Response:
     """One of the pictures the model's kind draws (its `pictures` list: samples, embedding, …)."""
-    png = await serving.picture(cache, request.app.state.sessions, ref=ref, name=picture)
+    sessions, scope = request.app.state.sessions, current(request).scope
+    png = await serving.picture(cache, sessions, ref=ref, scope=scope, name=picture)
     return Response(png, media_type="image/png")

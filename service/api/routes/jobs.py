@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from service import jobs as lifecycle
 from service.api.deps import PrincipalDep, PublisherDep, SessionDep, SettingsDep
 from service.db import jobs as job_repo
-from service.schemas.common import ERROR_RESPONSES
+from service.schemas.common import ERROR_RESPONSES, TenantFilter
 from service.schemas.jobs import JobOut, JobPage, job_out, job_spec_union, openapi_examples
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -59,27 +59,36 @@ def submit_job(
 @router.get("", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     status: Status | None = None,
     kind: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
+    tenant: TenantFilter = None,
 ) -> JobPage:
-    """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    """The tenant's jobs (an admin's: every tenant's), newest first; pass `next_cursor` back as
+    `cursor` for the next page."""
     jobs, next_cursor = job_repo.list_page(
-        session, status=status, kind=kind, limit=limit, cursor=cursor
+        session,
+        status=status,
+        kind=kind,
+        limit=limit,
+        cursor=cursor,
+        scope=principal.scope,
+        tenant=tenant,
     )
     return JobPage(items=[job_out(j) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep) -> JobOut:
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
     """Status, progress, timestamps, attempts, worker, device, error, result."""
-    return job_out(job_repo.get(session, job_id=job_id))
+    return job_out(job_repo.get(session, job_id=job_id, scope=principal.scope))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
     """A queued job is cancelled at once; a running one at its next report. 409 if it ended."""
     with session.begin():
-        job = lifecycle.cancel(session, job_id=job_id)
+        job = lifecycle.cancel(session, job_id=job_id, scope=principal.scope)
     return job_out(job)

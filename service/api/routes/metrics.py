@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from service.api.deps import MetricNamesDep, SessionDep
+from service.api.deps import MetricNamesDep, PrincipalDep, SessionDep
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.schemas.common import ERROR_RESPONSES
@@ -37,11 +37,12 @@ def get_metrics(
     job_id: str,
     session: SessionDep,
     names: MetricNamesDep,
+    principal: PrincipalDep,
     since_step: SinceStep = None,
     format: Literal["json", "csv"] = "json",
 ) -> MetricsOut | Response:
     """`{"job_id", "series": {name: {"steps", "values"}}}`; non-finite values are null."""
-    job_repo.get(session, job_id=job_id)
+    job_repo.get(session, job_id=job_id, scope=principal.scope)
     wanted = names or None
     series = metric_repo.read_series(session, job_id=job_id, names=wanted, since_step=since_step)
     if wanted and set(wanted) - set(series):

@@ -5,9 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from service import models
-from service.api.deps import LoadedModelCacheDep, PageDep, SessionDep, SettingsDep, StoreDep
+from service.api.deps import (
+    LoadedModelCacheDep,
+    PageDep,
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+)
 from service.db import models as model_repo
-from service.schemas.common import ERROR_RESPONSES
+from service.schemas.common import ERROR_RESPONSES, TenantFilter
 from service.schemas.models import ModelOut, ModelPage, model_out
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
@@ -15,19 +22,32 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 
 @router.get("", response_model=ModelPage)
 def list_models(
-    session: SessionDep, page: PageDep, name: str | None = None, kind: str | None = None
+    session: SessionDep,
+    page: PageDep,
+    principal: PrincipalDep,
+    name: str | None = None,
+    kind: str | None = None,
+    tenant: TenantFilter = None,
 ) -> ModelPage:
-    """Models, newest first; filter by `name` (all its versions) or `kind`."""
+    """The tenant's models (an admin's: every tenant's), newest first; filter by `name` (all
+    its versions) or `kind`."""
     items, next_cursor = model_repo.list_page(
-        session, name=name, kind=kind, limit=page.limit, cursor=page.cursor
+        session,
+        name=name,
+        kind=kind,
+        limit=page.limit,
+        cursor=page.cursor,
+        scope=principal.scope,
+        tenant=tenant,
     )
     return ModelPage(items=[model_out(m) for m in items], next_cursor=next_cursor)
 
 
 @router.get("/{ref}", response_model=ModelOut)
-def get_model(ref: str, session: SessionDep) -> ModelOut:
-    """`ref` is the model's id, its name (the latest version) or `name@version`."""
-    return model_out(model_repo.resolve(session, ref))
+def get_model(ref: str, session: SessionDep, principal: PrincipalDep) -> ModelOut:
+    """`ref` is the model's id, its name (the latest version) or `name@version`; names resolve
+    within the caller's tenant."""
+    return model_out(model_repo.resolve(session, ref, scope=principal.scope))
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
@@ -37,7 +57,8 @@ def delete_model(
     store: StoreDep,
     cache: LoadedModelCacheDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> Response:
     """Remove the model's row and every stored file of it."""
-    models.delete(session, store, cache, settings, ref=ref)
+    models.delete(session, store, cache, settings, ref=ref, scope=principal.scope)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from service import metric_plots
-from service.api.deps import MetricNamesDep, SessionDep
+from service.api.deps import MetricNamesDep, PrincipalDep, SessionDep
 from service.schemas.common import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], responses=ERROR_RESPONSES)
@@ -32,11 +32,12 @@ def metrics_png(
     request: Request,
     session: SessionDep,
     names: MetricNamesDep,
+    principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
 ) -> Response:
     """The metric history: a panel per metric, related thermodynamic metrics sharing one
     (energy and free energy, temperatures, entropy, entropy production), with units."""
-    plot = metric_plots.identify(session, job_id=job_id, wanted=names)
+    plot = metric_plots.identify(session, job_id=job_id, wanted=names, scope=principal.scope)
     headers = {"ETag": plot.etag, "Cache-Control": "no-cache"}
     if if_none_match and plot.etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers=headers)
