@@ -266,6 +266,17 @@ def test_flower_watches_the_same_broker(compose: dict[str, Any], services: dict[
     assert "flower" in cmd
     assert f"--broker={resolve(compose['x-thermoml-env']['THERMOML_BROKER_URL'])}" in cmd
     assert any(str(p).endswith("5555:5555") for p in flower["ports"])
+    # Flower 2.x refuses its HTTP API without authentication unless told otherwise.
+    assert environment(flower).get("FLOWER_UNAUTHENTICATED_API") == "true"
+
+
+def test_workers_send_events_and_heartbeats_for_flower() -> None:
+    from service.config import Settings
+    from service.queue import celery_config
+
+    config = celery_config(Settings(broker_url="redis://redis:6379/0"))
+    assert config["worker_send_task_events"] is True
+    assert config["task_send_sent_event"] is True
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
