@@ -18,10 +18,14 @@ threads (`run_sync`), never on the thread pool that sync routes and health check
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -284,13 +288,26 @@ class Gate:
 class Admission:
     """The gates of this process's models, and the inference threads: `inference_threads` for
     light work and half as many more for heavy work, so that heavy requests to many models at
-    once still leave threads to light ones."""
+    once still leave threads to light ones.
+
+    The threads are the process's own and run at a lower CPU priority (`inference_nice`): on a
+    machine whose cores inference saturates, the event loop (health checks, reads, admission
+    answers) is scheduled first. TensorFlow's own worker threads, started from an inference
+    thread when the first model loads, inherit it."""
 
     def __init__(self, settings: Settings) -> None:
         self.limits = Limits.of(settings)
         self.gates: dict[str, Gate] = {}
+        heavy = max(1, settings.inference_threads // 2)
         self.threads = anyio.CapacityLimiter(settings.inference_threads)
-        self.heavy_threads = anyio.CapacityLimiter(max(1, settings.inference_threads // 2))
+        self.heavy_threads = anyio.CapacityLimiter(heavy)
+        nice = settings.inference_nice
+        self._pool = ThreadPoolExecutor(
+            settings.inference_threads + heavy,
+            thread_name_prefix="thermoml-inference",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        )
 
     def gate(self, model_key: str) -> Gate:
         gate = self.gates.get(model_key)
@@ -305,4 +322,14 @@ class Admission:
     async def run_sync(self, fn: Callable[..., T], *args: Any, heavy: bool = False) -> T:
         """`fn(*args)` on an inference thread (a cancelled caller still waits for it)."""
         limiter = self.heavy_threads if heavy else self.threads
-        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        async with limiter:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            with anyio.CancelScope(shield=True):
+                return await future
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's CPU priority by `nice` (Linux: a thread is a task of its own)."""
+    if nice:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +45,13 @@ class Batcher:
     rows: int = 0
     last_call_s: float | None = None  # how long the last compute took
     last_call_rows: int = 0  # on how many rows
-    threads: anyio.CapacityLimiter | None = None  # where computes run (None: AnyIO's default)
+    # Runs a compute on a thread: `run_sync(fn, rows)` (None: AnyIO's default threads).
+    run_sync: Callable[..., Awaitable[Any]] | None = None
     observe: Observe | None = None
 
     async def submit(self, rows: np.ndarray, *, alone: bool = False) -> dict[str, Any]:
         if len(rows) >= self.max_rows:  # already a batch: nothing to gain by waiting
-            return await anyio.to_thread.run_sync(self.compute, rows, limiter=self.threads)
+            return await self._on_thread(self.compute, rows)  # type: ignore[no-any-return]
         if alone and len(rows) <= self.last_call_rows and self._quick_and_idle():
             return self._timed(rows)  # no await: nothing else runs on the loop meanwhile
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -93,7 +94,12 @@ class Batcher:
         return answer
 
     async def _in_thread(self, rows: np.ndarray) -> dict[str, Any]:
-        return await anyio.to_thread.run_sync(self._timed, rows, limiter=self.threads)
+        return await self._on_thread(self._timed, rows)  # type: ignore[no-any-return]
+
+    async def _on_thread(self, fn: Callable[..., Any], rows: np.ndarray) -> Any:
+        if self.run_sync is not None:
+            return await self.run_sync(fn, rows)
+        return await anyio.to_thread.run_sync(fn, rows)
 
     def _queued_rows(self) -> int:
         return sum(len(p.rows) for p in self.queue)

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         8, ge=1, description="Threads of model work in the API process (apart from routes')."
     )
+    inference_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower the CPU priority of model work is than the event loop's "
+        "(Linux nice; 0: the same).",
+    )
     model_ref_ttl: float = Field(
         2.0, ge=0, description="Seconds a resolved model reference is reused without a query."
     )

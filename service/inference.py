@@ -170,7 +170,7 @@ class ModelCache:
             lambda x: servable.run(operation, x),
             max_rows,
             max_wait_s,
-            threads=self.admission.threads,
+            run_sync=self.admission.run_sync,
             observe=lambda rows, seconds: gate.estimate(operation).update(rows, seconds),
         )
         with self._lock:
