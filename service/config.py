@@ -150,6 +150,17 @@ class Settings(BaseSettings):
     bootstrap_admin_key: str | None = Field(
         None, min_length=16, description="An admin API key made at start-up (deployments)."
     )
+    session_ttl: float = Field(
+        12 * 3600.0,
+        gt=0,
+        le=366 * 86400,
+        description="Seconds a dashboard sign-in lasts; its session then answers 401.",
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="Mark the session cookie Secure even when the request arrived over plain "
+        "HTTP (behind a TLS-terminating proxy); it is Secure over HTTPS in any case.",
+    )
 
     @property
     def resolved_database_url(self) -> str:

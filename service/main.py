@@ -18,6 +18,7 @@ from service.api.routes import (
     health,
     inference,
     jobs,
+    keys,
     metrics,
     models,
     plots,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         prom,
         dashboard,
         session,
+        keys,
     ):
         app.include_router(module.router)
     logging.getLogger("thermoml").setLevel(logging.INFO)

@@ -1,7 +1,9 @@
-"""API keys: create (the secret is returned once), find by secret, list, revoke."""
+"""API keys: create (the secret is returned once), find by secret, list, revoke (which ends
+the key's sign-in sessions), and the throttled record of when a key was last used."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -9,13 +11,16 @@ from collections.abc import Sequence
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from service.db import tenancy
+from service.db import pagination, tenancy
+from service.db import sessions as signin_repo
 from service.db.base import new_id, utcnow
 from service.db.tables import ApiKey
 from service.errors import ServiceError
 
 SCOPES = ("read", "train", "infer", "admin")
 SECRET_PREFIX = "tml_"
+# last_used_at is written at most this often per key: not a write per request.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 def digest(secret: str) -> str:
@@ -75,14 +80,55 @@ def list_all(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
 
+def list_page(
+    session: Session, *, limit: int, cursor: str | None, equal: dict[str, object] | None = None
+) -> tuple[list[ApiKey], str | None]:
+    """A page of keys, newest first; `equal` filters columns (None values: any)."""
+    return pagination.filtered_page(session, ApiKey, equal=equal or {}, limit=limit, cursor=cursor)
+
+
+def get(session: Session, *, key_id: str) -> ApiKey:
+    """The key with this id (revoked or not); ServiceError `not_found` otherwise."""
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise ServiceError("not_found", f"no key with id {key_id!r}")
+    return key
+
+
+def touch(session: Session, key: ApiKey) -> None:
+    """Record that the key was used, unless that was recorded within LAST_USED_RESOLUTION.
+
+    Decided on the row already read, so most requests write nothing; the conditional update
+    keeps concurrent API processes from writing the same minute twice."""
+    now = utcnow()
+    stale = now - LAST_USED_RESOLUTION
+    if key.last_used_at is not None and key.last_used_at > stale:
+        return
+    session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.id == key.id,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= stale),
+        )
+        .values(last_used_at=now)
+    )
+
+
 def revoke(session: Session, *, ref: str) -> ApiKey:
-    """Revoke the key with this id or prefix."""
+    """Revoke the key with this id or prefix, and end its sign-in sessions; revoking a
+    revoked key keeps the time it was first revoked."""
     matches = list(
         session.scalars(select(ApiKey).where(or_(ApiKey.id == ref, ApiKey.prefix == ref)))
     )
     if len(matches) != 1:
         found = "no key" if not matches else f"{len(matches)} keys"
         raise ServiceError("not_found", f"{found} with id or prefix {ref!r}")
-    session.execute(update(ApiKey).where(ApiKey.id == matches[0].id).values(revoked_at=utcnow()))
+    key_id = matches[0].id
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    signin_repo.end_for_key(session, key_id=key_id)
     session.refresh(matches[0])
     return matches[0]

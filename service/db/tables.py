@@ -168,3 +168,19 @@ class ApiKey(Base):
     tenant: Mapped[str] = mapped_column(
         String(64), default="default", server_default="default", index=True
     )
+
+
+class SignInSession(Base):
+    """A dashboard sign-in: the cookie holds a random id, this row only its SHA-256."""
+
+    __tablename__ = "sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ID, ForeignKey("api_keys.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_sessions_key_id", "key_id"),
+        Index("ix_sessions_expires_at", "expires_at"),
+    )

@@ -93,7 +93,8 @@ def test_dashboard_sign_in_sets_a_strict_httponly_cookie(
     assert cookie.startswith(f"{SESSION_COOKIE}=")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert client.get("/v1/jobs").status_code == 200  # the cookie now authenticates
-    client.delete("/v1/session")
+    # Signing out changes state: from this site's own pages only (its Origin).
+    assert client.delete("/v1/session", headers={"Origin": "http://testserver"}).status_code == 204
     client.cookies.clear()
     assert client.get("/v1/jobs").status_code == 401
 
@@ -115,6 +116,9 @@ def test_required_scope_table() -> None:
     assert required_scope("POST", "/v1/models/m@2/generate") == "infer"
     assert required_scope("DELETE", "/v1/models/m") == "admin"
     assert required_scope("GET", "/healthz") is None
+    for method in ("GET", "HEAD", "POST", "DELETE"):
+        assert required_scope(method, "/v1/keys") == "admin"
+        assert required_scope(method, "/v1/keys/1") == "admin"
 
 
 def test_oversized_body_is_413(settings: Settings) -> None:
