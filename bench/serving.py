@@ -168,6 +168,7 @@ def in_process(work: Path, ref: str) -> Any:
     from service.config import get_settings
     from service.db import models as model_repo
     from service.db.session import make_engine, make_sessionmaker
+    from service.db.tenancy import EVERYONE
     from service.inference import ModelCache, ModelInfo
     from service.storage import ArtifactStore
 
@@ -175,7 +176,7 @@ def in_process(work: Path, ref: str) -> Any:
     settings = get_settings()
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     with sessions() as session:
-        info = ModelInfo.of(model_repo.resolve(session, ref))
+        info = ModelInfo.of(model_repo.resolve(session, ref, scope=EVERYONE))
     cache = ModelCache(settings, ArtifactStore.from_settings(settings))
     return cache.get(info), info, cache
 
