@@ -65,7 +65,7 @@ def _serve(
 
 def _no_broker(settings: Settings, command: str) -> bool:
     """`thermoml api` or `worker` with no THERMOML_BROKER_URL joins the Redis of a `thermoml up`
-    running on the same data dir; with none running, it says what to do (True)."""
+    running on the same data dir; with none running, say so (True)."""
     if not settings.embedded_broker:
         return False
     from service.embedded_redis import socket_path
@@ -82,9 +82,11 @@ def _no_broker(settings: Settings, command: str) -> bool:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
+    """Serve the API. Without a broker it still serves reads, models and uploads; jobs it
+    accepts stay queued (and /readyz says the broker is down) until one is reachable."""
     settings = get_settings()
     if _no_broker(settings, "api"):
-        return 2
+        print("thermoml api: no broker yet; accepted jobs stay queued", file=sys.stderr)
     host, port = args.host or settings.host, args.port or settings.port
     _serve(settings, host, port, workers=args.workers)
     return 0
