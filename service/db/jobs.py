@@ -50,21 +50,10 @@ def count_by_status(session: Session, *, api_key_id: str | None) -> dict[str, in
 
 
 def list_page(
-    session: Session,
-    *,
-    status: str | None,
-    kind: str | None,
-    limit: int,
-    cursor: str | None,
-    scope: Scope,
-    tenant: str | None = None,
+    session: Session, page: pagination.PageRequest, scope: Scope, **equal: str | None
 ) -> tuple[Sequence[Job], str | None]:
-    """The jobs `scope` reaches (of `tenant` only, if given), newest first; the cursor is the
-    last row's (created_at, id)."""
-    equal = {"status": status or None, "kind": kind or None, "tenant": tenant}
-    return pagination.filtered_page(
-        session, Job, equal=equal, limit=limit, cursor=cursor, where=scope.where(Job.tenant)
-    )
+    """The jobs `scope` reaches, newest first, filtered on status, kind or tenant (`equal`)."""
+    return pagination.filtered_page(session, Job, page, scope, **equal)
 
 
 def unpublished(session: Session, *, older_than: dt.datetime, limit: int = 100) -> list[Any]:

@@ -15,6 +15,7 @@ from service.db import pagination, tenancy
 from service.db import sessions as signin_repo
 from service.db.base import new_id, utcnow
 from service.db.tables import ApiKey
+from service.db.tenancy import EVERYONE
 from service.errors import ServiceError
 
 SCOPES = ("read", "train", "infer", "admin")
@@ -81,10 +82,10 @@ def list_all(session: Session) -> list[ApiKey]:
 
 
 def list_page(
-    session: Session, *, limit: int, cursor: str | None, equal: dict[str, object] | None = None
+    session: Session, page: pagination.PageRequest, *, tenant: str | None = None
 ) -> tuple[list[ApiKey], str | None]:
-    """A page of keys, newest first; `equal` filters columns (None values: any)."""
-    return pagination.filtered_page(session, ApiKey, equal=equal or {}, limit=limit, cursor=cursor)
+    """A page of every tenant's keys (or `tenant`'s), newest first."""
+    return pagination.filtered_page(session, ApiKey, page, EVERYONE, tenant=tenant)
 
 
 def get(session: Session, *, key_id: str) -> ApiKey:

@@ -81,21 +81,10 @@ def create(
 
 
 def list_page(
-    session: Session,
-    *,
-    name: str | None,
-    kind: str | None,
-    limit: int,
-    cursor: str | None,
-    scope: Scope,
-    tenant: str | None = None,
+    session: Session, page: pagination.PageRequest, scope: Scope, **equal: str | None
 ) -> tuple[list[Model], str | None]:
-    """The models `scope` reaches (of `tenant` only, if given), newest first; the cursor is the
-    last row's (created_at, id)."""
-    equal = {"name": name or None, "kind": kind or None, "tenant": tenant}
-    return pagination.filtered_page(
-        session, Model, equal=equal, limit=limit, cursor=cursor, where=scope.where(Model.tenant)
-    )
+    """The models `scope` reaches, newest first, filtered on name, kind or tenant (`equal`)."""
+    return pagination.filtered_page(session, Model, page, scope, **equal)
 
 
 def delete(session: Session, *, model: Model) -> None:

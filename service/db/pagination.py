@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from service.errors import ServiceError
@@ -98,20 +98,24 @@ def page(
     return rows[:limit], next_cursor
 
 
+class PageRequest(Protocol):
+    limit: int
+    cursor: str | None
+
+
 def filtered_page(
     session: Session,
     table: type[Row],
-    *,
-    equal: dict[str, Any],
-    limit: int,
-    cursor: str | None,
-    where: ColumnElement[bool] | None = None,
+    page_request: PageRequest,
+    scope: Any,
+    **equal: Any,
 ) -> tuple[list[Row], str | None]:
-    """A page of `table`'s rows whose columns equal the given values (None: any) and that meet
-    `where` (a tenant scope), newest first, after the position in `cursor`."""
-    query = select(table) if where is None else select(table).where(where)
+    """A page of the `table` rows that `scope` (a tenancy Scope) reaches and whose columns
+    equal the given values (None or "": any), newest first, after the request's cursor."""
+    query = select(table).where(scope.where(table.tenant))  # type: ignore[attr-defined]
     for column, value in equal.items():
-        if value is not None:
+        if value:
             query = query.where(getattr(table, column) == value)
+    cursor = page_request.cursor
     after = decode_position(cursor) if cursor else None
-    return page(session, query, table, limit=limit, after=after)
+    return page(session, query, table, limit=page_request.limit, after=after)

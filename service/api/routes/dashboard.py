@@ -97,15 +97,8 @@ def jobs_page(
     kind: str | None = None,
 ) -> HTMLResponse:
     """The job list, newest first; the page refreshes its rows from `GET /v1/jobs`."""
-    jobs, next_cursor = job_repo.list_page(
-        session,
-        status=status,
-        kind=kind,
-        limit=page.limit,
-        cursor=page.cursor,
-        scope=principal.scope,
-        tenant=principal.tenant,
-    )
+    filters = {"status": status, "kind": kind, "tenant": principal.tenant}
+    jobs, next_cursor = job_repo.list_page(session, page, principal.scope, **filters)
     query = {k: v for k, v in (("status", status), ("kind", kind), ("limit", page.limit)) if v}
     query["tenant"] = principal.tenant
     if page.cursor:
@@ -153,13 +146,7 @@ def models_page(
 ) -> HTMLResponse:
     """The tenant's model registry, newest first."""
     models, next_cursor = model_repo.list_page(
-        session,
-        name=None,
-        kind=kind,
-        limit=page.limit,
-        cursor=page.cursor,
-        scope=principal.scope,
-        tenant=principal.tenant,
+        session, page, principal.scope, kind=kind, tenant=principal.tenant
     )
     items = [model_out(m) for m in models]
     return _page("models.html", title="Models", models=items, next_cursor=next_cursor, kind=kind)

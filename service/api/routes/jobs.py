@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi import APIRouter, Body, Header, Response, status
 
 from service import jobs as lifecycle
-from service.api.deps import PrincipalDep, PublisherDep, SessionDep, SettingsDep
+from service.api.deps import PageDep, PrincipalDep, PublisherDep, SessionDep, SettingsDep
 from service.db import jobs as job_repo
 from service.schemas.common import ERROR_RESPONSES, TenantFilter
 from service.schemas.jobs import JobOut, JobPage, job_out, job_spec_union, openapi_examples
@@ -60,23 +60,15 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     principal: PrincipalDep,
+    page: PageDep,
     status: Status | None = None,
     kind: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
     tenant: TenantFilter = None,
 ) -> JobPage:
     """The tenant's jobs (an admin's: every tenant's), newest first; pass `next_cursor` back as
     `cursor` for the next page."""
-    jobs, next_cursor = job_repo.list_page(
-        session,
-        status=status,
-        kind=kind,
-        limit=limit,
-        cursor=cursor,
-        scope=principal.scope,
-        tenant=tenant,
-    )
+    filters = {"status": status, "kind": kind, "tenant": tenant}
+    jobs, next_cursor = job_repo.list_page(session, page, principal.scope, **filters)
     return JobPage(items=[job_out(j) for j in jobs], next_cursor=next_cursor)
 
 

@@ -29,9 +29,7 @@ def create_key(body: KeyCreate, session: SessionDep, response: Response) -> KeyC
 @router.get("", response_model=KeyPage)
 def list_keys(session: SessionDep, page: PageDep, tenant: str | None = None) -> KeyPage:
     """Keys, newest first, revoked ones included; filter by `tenant`. Never their secrets."""
-    items, next_cursor = key_repo.list_page(
-        session, limit=page.limit, cursor=page.cursor, equal={"tenant": tenant}
-    )
+    items, next_cursor = key_repo.list_page(session, page, tenant=tenant)
     return KeyPage(items=[key_out(k) for k in items], next_cursor=next_cursor)
 
 

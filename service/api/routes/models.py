@@ -31,15 +31,8 @@ def list_models(
 ) -> ModelPage:
     """The tenant's models (an admin's: every tenant's), newest first; filter by `name` (all
     its versions) or `kind`."""
-    items, next_cursor = model_repo.list_page(
-        session,
-        name=name,
-        kind=kind,
-        limit=page.limit,
-        cursor=page.cursor,
-        scope=principal.scope,
-        tenant=tenant,
-    )
+    filters = {"name": name, "kind": kind, "tenant": tenant}
+    items, next_cursor = model_repo.list_page(session, page, principal.scope, **filters)
     return ModelPage(items=[model_out(m) for m in items], next_cursor=next_cursor)
 
 
