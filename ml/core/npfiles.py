@@ -14,9 +14,10 @@ import math
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -137,17 +138,20 @@ def _open_npz(path: Path) -> zipfile.ZipFile:
         raise DataError(f"not a readable .npz file: {exc}") from exc
 
 
+def _arrays(archive: Any) -> Iterator[tuple[str, Any, str]]:
+    """The members x and (if there) y: (name, zip entry, how an error names it)."""
+    members = _members(archive)
+    for name in ("x", "y"):
+        if name in members:
+            yield name, members[name], f"member {members[name].filename!r} of the .npz"
+
+
 def npz_bytes(path: Path) -> int:
     """The decoded size of an .npz's arrays x and y, from their .npy headers (only those are
     inflated); a member whose zip directory entry declares more is refused."""
     with _open_npz(path) as archive:
-        members = _members(archive)
         total = 0
-        for name in ("x", "y"):
-            if name not in members:
-                continue
-            info = members[name]
-            what = f"member {info.filename!r} of the .npz"
+        for _, info, what in _arrays(archive):
             try:
                 with archive.open(info) as handle:
                     header = read_header(handle, what)
@@ -163,13 +167,8 @@ def npz_bytes(path: Path) -> int:
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The arrays x and (if there) y; each member inflated only as far as its header says."""
     with _open_npz(path) as archive:
-        members = _members(archive)
         arrays: dict[str, np.ndarray] = {}
-        for name in ("x", "y"):
-            if name not in members:
-                continue
-            info = members[name]
-            what = f"member {info.filename!r} of the .npz"
+        for name, info, what in _arrays(archive):
             try:
                 with archive.open(info) as handle:
                     arrays[name] = _read_body(handle, read_header(handle, what), what)
