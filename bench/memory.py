@@ -43,6 +43,7 @@ from bench.common import table, write_report  # noqa: E402
 from bench.serving import (  # noqa: E402
     THERMOML,
     api,
+    broker,
     free_port,
     process,
     run_jobs,
@@ -95,6 +96,7 @@ def train(work: Path, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
     worker = [THERMOML, "worker", "--queues", "cpu", "--concurrency", "2"]
     with (
+        broker(work),
         process(worker, env, work / "worker.log"),
         api(work) as url,
         httpx.Client(base_url=url, timeout=60) as client,

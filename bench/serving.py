@@ -108,6 +108,20 @@ def api(work: Path, **env: str) -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def broker(work: Path) -> Iterator[None]:
+    """The private Redis of `thermoml up` for the data dir `work`: a worker and an API given
+    that data dir and no broker URL join it."""
+    from service.embedded_redis import EmbeddedRedis
+
+    redis = EmbeddedRedis(work)
+    redis.start()
+    try:
+        yield
+    finally:
+        redis.stop()
+
+
 def train_models(work: Path) -> None:
     """The three models: `tiny`, `conv` and `diffusion` (see the module's docstring)."""
     rng = np.random.default_rng(0)
@@ -119,6 +133,7 @@ def train_models(work: Path) -> None:
         [THERMOML, "migrate"], env={**os.environ, **env}, check=True, capture_output=True
     )
     with (
+        broker(work),
         process([THERMOML, "worker", "--queues", "cpu"], env, work / "worker.log"),
         api(work) as url,
     ):
