@@ -15,7 +15,9 @@ from ml.core import registry
 from ml.core.reporting import Reporter, RunOutcome
 from ml.core.spec import JobSpec, StrictModel
 from service.config import Settings
+from tests.conftest import RecordingPublisher
 from tests.workers.test_execute import make_job, read
+from workers import runtime
 from workers.isolation import run_isolated
 
 
@@ -69,13 +71,16 @@ def test_job_runs_in_another_process(settings: Settings, suicidal: None) -> None
 
 
 def test_a_killed_job_process_is_queued_again_and_then_succeeds(
-    settings: Settings, suicidal: None
+    settings: Settings, suicidal: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_id = make_job({"die_on_attempts": [1]}, kind="suicidal")
+    broker = RecordingPublisher(run_inline=False)  # the real broker: tests/integration
+    monkeypatch.setattr(runtime, "publisher", lambda: broker)
+    job_id = make_job({"die_on_attempts": [1]}, kind="suicidal", priority=7)
     run_isolated(job_id, worker="w", time_limit=60)
     job = read(job_id)
     assert (job.status, job.attempts, job.worker) == ("queued", 1, None)
-    assert job.published_at is not None  # published again (embedded broker)
+    assert job.published_at is not None  # published again, at its queue and priority
+    assert broker.published == [(job_id, "cpu", 7)]
     run_isolated(job_id, worker="w", time_limit=60)
     job = read(job_id)
     assert (job.status, job.attempts) == ("succeeded", 2)
