@@ -130,6 +130,8 @@ def register_kind(
     how its metric plot is labelled (default: its category's layout).
     """
     if servable is not None:
+        if load is not None:
+            raise ValueError(f"kind {name!r}: give `servable` or `load`, not both")
         load = _lazy_loader(servable)
 
     def decorate(fn: RunFn) -> RunFn:

@@ -60,3 +60,16 @@ def test_a_run_named_as_module_and_function_is_imported_when_it_runs(unregister:
 def test_an_unknown_kind_lists_the_known_ones() -> None:
     with pytest.raises(registry.UnknownKind, match="known kinds: annealing, autoencoder"):
         registry.get_kind("nope")
+
+
+def test_a_kind_names_its_servable_one_way(unregister: None) -> None:
+    with pytest.raises(ValueError, match="not both"):
+        registry.register_kind(
+            name="lazy",
+            spec=LazySpec,
+            summary="t",
+            category="model",
+            servable="json:JSONDecoder",
+            load=lambda files, meta: None,  # type: ignore[arg-type,return-value]
+        )
+    assert "lazy" not in registry._KINDS
