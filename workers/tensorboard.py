@@ -1,6 +1,11 @@
 """A job's metric history as TensorBoard event files, written at the job's end.
 
-`tensorboard --logdir <artifact root>/tensorboard` then shows every job as a run named by its id.
+Each tenant has its own folder: a job's run is `<artifact root>/tensorboard/<tenant>/<job id>`.
+`tensorboard --logdir <artifact root>/tensorboard/<tenant>` shows one tenant's jobs, each a run
+named by its id, and nothing of another tenant's, so an operator can give each tenant a
+TensorBoard of its own; `--logdir <artifact root>/tensorboard` shows every tenant's, as runs named
+`<tenant>/<job id>`. No route of the API serves these files: they are read by TensorBoard alone.
+
 The files are TFRecord files of `Event` protocol buffers that this module encodes itself (a few
 fields of `tensorflow/core/util/event.proto` and `summary.proto`), so that neither TensorFlow nor
 the `tensorboard` package is needed to write them. Each metric is a scalar (`simple_value`),
@@ -22,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db import tenancy
 from service.db.tables import Job, MetricPoint
 from service.plots import GROUP_OF
 from service.storage import ArtifactStore
@@ -136,18 +142,26 @@ def encode_history(
     return b"".join(records)
 
 
+def run_folder(tenant: str, job_id: str) -> str:
+    """`<tenant>/<job id>`: where a job's run goes under a log folder. The tenant's name is checked
+    again here (it becomes a folder name): never a path that leaves its tenant's folder."""
+    return f"{tenancy.check_name(tenant)}/{job_id}"
+
+
 def write_event_files(
     job_id: str, sessions: sessionmaker[Session], store_or_folder: ArtifactStore | Path | str
 ) -> str | None:
     """Write the job's metric history as a TensorBoard run; where it went, or None (no points).
 
-    To an artifact store: `tensorboard/<job_id>/events.out.tfevents.*` under its root (so
-    `tensorboard --logdir <root>/tensorboard` lists every job). To a folder: `<folder>/<job_id>/`.
+    To an artifact store: `tensorboard/<tenant>/<job_id>/events.out.tfevents.*` under its root (so
+    `tensorboard --logdir <root>/tensorboard/<tenant>` lists that tenant's jobs). To a folder:
+    `<folder>/<tenant>/<job_id>/`.
     """
     with sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
             raise LookupError(f"job {job_id} does not exist")
+        run = run_folder(job.tenant, job.id)
         created = job.created_at
         started = (job.started_at or created).timestamp()
         query = (
@@ -161,8 +175,8 @@ def write_event_files(
     data = encode_history(points, started=started)
     name = event_file_name(job_id, created)
     if isinstance(store_or_folder, ArtifactStore):
-        return store_or_folder.put_bytes(data, f"{PREFIX}/{job_id}/{name}").uri
-    folder = Path(store_or_folder) / job_id
+        return store_or_folder.put_bytes(data, f"{PREFIX}/{run}/{name}").uri
+    folder = Path(store_or_folder) / run
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     partial = folder / f".{name}.partial"  # no "tfevents" prefix: TensorBoard skips it

@@ -44,11 +44,12 @@ def test_a_jobs_history_becomes_a_tensorboard_run(client: TestClient, settings: 
     job = submit(client, COOLING)
     store = ArtifactStore.from_settings(settings)
     uri = write_event_files(job["id"], runtime.sessions(), store)
-    assert uri is not None and f"/tensorboard/{job['id']}/events.out.tfevents." in uri
-    keys = store.list(f"tensorboard/{job['id']}")
+    run = f"tensorboard/default/{job['id']}"  # auth disabled: the tenant `default`
+    assert uri is not None and f"/{run}/events.out.tfevents." in uri
+    keys = store.list(run)
     assert len(keys) == 1
-    run = read_run(Path(store.root) / "tensorboard" / job["id"])
-    assert set(run) == {
+    scalars = read_run(Path(store.root) / run)
+    assert set(scalars) == {
         "temperature/temperature",
         "entropy/entropy_total",
         "entropy_production/entropy_production",
@@ -56,13 +57,13 @@ def test_a_jobs_history_becomes_a_tensorboard_run(client: TestClient, settings: 
         "time",
     }
     series = client.get(f"/v1/jobs/{job['id']}/metrics").json()["series"]
-    steps = [s for s, _ in run["temperature/temperature"]]
+    steps = [s for s, _ in scalars["temperature/temperature"]]
     assert steps == series["temperature"]["steps"] == list(range(21))
-    values = [v for _, v in run["temperature/temperature"]]
+    values = [v for _, v in scalars["temperature/temperature"]]
     assert values == pytest.approx(series["temperature"]["values"], rel=1e-6)  # float32
     # Writing again replaces the file: a resumed job does not show its points twice.
     assert write_event_files(job["id"], runtime.sessions(), store) == uri
-    assert store.list(f"tensorboard/{job['id']}") == keys
+    assert store.list(run) == keys
 
 
 def test_to_a_folder_and_without_points(
@@ -70,9 +71,9 @@ def test_to_a_folder_and_without_points(
 ) -> None:
     job = submit(client, COOLING)
     path = write_event_files(job["id"], runtime.sessions(), tmp_path / "logs")
-    assert path is not None and Path(path).parent == tmp_path / "logs" / job["id"]
+    assert path is not None and Path(path).parent == tmp_path / "logs" / "default" / job["id"]
     assert [p.name for p in Path(path).parent.iterdir()] == [Path(path).name]
-    assert read_run(tmp_path / "logs" / job["id"])["heat/heat"][-1][0] == 20
+    assert read_run(Path(path).parent)["heat/heat"][-1][0] == 20
     client.app.state.publisher = RecordingPublisher(run_inline=False)  # type: ignore[attr-defined]
     queued = submit(client, COOLING)
     assert write_event_files(queued["id"], runtime.sessions(), tmp_path / "logs") is None
@@ -84,7 +85,8 @@ def test_to_a_folder_and_without_points(
 def test_tensorboard_serves_every_run(
     client: TestClient, settings: Settings, tmp_path: Path
 ) -> None:
-    """`tensorboard --logdir <artifacts>/tensorboard` lists each job as a run, with its scalars."""
+    """`tensorboard --logdir <artifacts>/tensorboard/<tenant>` lists each of the tenant's jobs as a
+    run, with its scalars."""
     store = ArtifactStore.from_settings(settings)
     ids = [submit(client, COOLING)["id"] for _ in range(2)]
     for job_id in ids:
@@ -96,7 +98,7 @@ def test_tensorboard_serves_every_run(
         [
             tensorboard,
             "--logdir",
-            str(Path(store.root) / "tensorboard"),
+            str(Path(store.root) / "tensorboard" / "default"),
             "--host",
             "127.0.0.1",
             "--port",
