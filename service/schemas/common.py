@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.db import tenancy
 
@@ -40,3 +40,7 @@ TenantFilter = Annotated[
         description="Only this tenant's (admin keys; other keys only ever see their own).",
     ),
 ]
+
+# `tenant` on a job, model or uploaded data set: whose it is, which an admin's listing across
+# tenants needs to tell apart (another key only ever sees its own tenant's).
+TenantField = Annotated[str, Field(description="The tenant that owns it.")]

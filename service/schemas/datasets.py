@@ -28,6 +28,9 @@ class DatasetOut(BaseModel):
     description: str | None = None
     sha256: str | None = None
     created_at: dt.datetime | None = None
+    tenant: str | None = Field(
+        None, description="The tenant that owns an upload; none for a built-in, which all share."
+    )
 
 
 class FeatureStats(BaseModel):
@@ -59,8 +62,9 @@ class DatasetPage(BaseModel):
     next_cursor: str | None
 
 
-# Fields a built-in and an upload carry under the same name.
+# Fields a built-in and an upload carry under the same name, and those only an upload has.
 SHAPE_FIELDS = ("name", "shape", "dtype", "rows", "features")
+UPLOAD_FIELDS = ("id", "format", "has_labels", "sha256", "created_at", "tenant")
 
 
 def _fields(source: Any, names: tuple[str, ...]) -> dict[str, Any]:
@@ -83,7 +87,7 @@ def upload_out(row: Dataset) -> DatasetOut:
         labels=labels.get("meaning"),
         label_type=labels.get("type"),
         description=f"uploaded {row.format} file",
-        **_fields(row, (*SHAPE_FIELDS, "id", "format", "has_labels", "sha256", "created_at")),
+        **_fields(row, (*SHAPE_FIELDS, *UPLOAD_FIELDS)),
     )
 
 

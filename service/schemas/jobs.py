@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 from ml.core.registry import get_kind, list_kinds
 from ml.core.spec import JobSpec
 from service.inputs import check_json
+from service.schemas.common import TenantField
 
 
 def _out_of_range_is_invalid(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -69,6 +70,7 @@ class JobOut(BaseModel):
     model_id: str | None
     result: dict[str, Any] | None
     spec: dict[str, Any]
+    tenant: TenantField
 
 
 class JobPage(BaseModel):
@@ -109,6 +111,7 @@ def job_out(job: Any) -> JobOut:
         model_id=job.model_id,
         result=job.result,
         spec=job.spec,
+        tenant=job.tenant,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.db.tables import Model
+from service.schemas.common import TenantField
 
 
 class ModelFile(BaseModel):
@@ -34,6 +35,7 @@ class ModelOut(BaseModel):
     sha256: str = Field(description="sha256 of the file manifest.")
     files: dict[str, ModelFile]
     created_at: dt.datetime
+    tenant: TenantField
 
 
 class ModelPage(BaseModel):
@@ -51,4 +53,5 @@ def model_out(model: Model) -> ModelOut:
         **lists,
         **dicts,
         files={name: ModelFile(**entry) for name, entry in (model.files or {}).items()},
+        tenant=model.tenant,
     )

@@ -292,3 +292,23 @@ def test_a_tenant_name_is_checked() -> None:
         with pytest.raises(ServiceError):
             tenancy.check_name(bad)
     assert tenancy.check_name("team-7.prod_1") == "team-7.prod_1"
+
+
+def test_every_object_says_whose_it_is(world: World) -> None:
+    """`tenant` on jobs, models and uploads: an admin's listing across tenants tells them apart."""
+    client, a, b, admin = world.client, world.a, world.b, world.admin
+    owner = {id_: t.name for t in (a, b) for id_ in (t.job, t.dataset, t.model)}
+    for path in ("/v1/jobs", "/v1/models", "/v1/datasets"):
+        items = client.get(path, headers=admin.headers).json()["items"]
+        shown = {i["id"]: i["tenant"] for i in items}
+        known = owner.keys() & shown.keys()
+        assert known and {i: shown[i] for i in known} == {i: owner[i] for i in known}
+        assert {t for i, t in shown.items() if not i.startswith("builtin:")} == {"a", "b"}
+        assert {t for i, t in shown.items() if i.startswith("builtin:")} <= {None}  # shared
+        mine = client.get(path, headers=a.headers).json()["items"]
+        assert {i["tenant"] for i in mine} <= {"a", None}
+    for tenant in (a, b):
+        for path in (f"/v1/jobs/{tenant.job}", f"/v1/datasets/{tenant.dataset}"):
+            assert client.get(path, headers=admin.headers).json()["tenant"] == tenant.name
+        model = client.get(f"/v1/models/{tenant.model}", headers=tenant.headers).json()
+        assert model["tenant"] == tenant.name
