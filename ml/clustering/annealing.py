@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
-from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.reporting import CPU, JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.sizing import SizeEstimate, clustered
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 
@@ -182,4 +182,4 @@ def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutc
         "rows": data.rows,
         "energy_units": "squared euclidean distance in the scaled space",
     }
-    return RunOutcome(result=outcome, device="cpu", model=model)
+    return RunOutcome(result=outcome, device=CPU, model=model)

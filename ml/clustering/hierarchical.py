@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from ml.clustering import agglomerative
 from ml.clustering import shared as clustering
 from ml.core.registry import register_kind
-from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.reporting import CPU, JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.sizing import DATA_COPIES, FLOAT, RUNTIME_BYTES, SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field, too_many_clusters
 from ml.reduction import shared as reduction
@@ -151,4 +151,4 @@ def run(spec: HierarchicalSpec, reporter: Reporter, context: RunContext) -> RunO
         "distance": "euclidean, scaled",
     }
     reporter.progress(1.0, n_clusters=k)
-    return RunOutcome(result=result, device="cpu", model=model)
+    return RunOutcome(result=result, device=CPU, model=model)

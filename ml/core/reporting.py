@@ -66,12 +66,17 @@ class ModelOutcome:
     pictures: list[str] = field(default_factory=list)
 
 
+# A job's `device` names the devices it ran on as TensorFlow does, comma-separated
+# (`GPU:0,GPU:1`); work done on the host's processor, by any library, is `CPU:0`.
+CPU = "CPU:0"
+
+
 @dataclass
 class RunOutcome:
     """What a finished run hands back to the worker."""
 
     result: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    device: str = CPU
     model: ModelOutcome | None = None
 
 

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 from numba import uint64
 
+from ml.core.reporting import CPU
 from ml.simulation.xoshiro import xoshiro_next, xoshiro_states
 
 PARALLEL_MIN_SIZE = 128  # below this a parallel region costs more than the half-sweep it runs
@@ -138,7 +139,7 @@ class Lattice(Protocol):
 class NumbaLattice:
     """The lattice of the `numba` backend: int8 spins swept by :func:`run_sweeps`."""
 
-    device = "cpu"
+    device = CPU
 
     def __init__(self, seed: int, size: int) -> None:
         self.states = row_states(seed, size)

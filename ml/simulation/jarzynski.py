@@ -25,7 +25,7 @@ from pydantic import Field
 from scipy.special import logsumexp
 
 from ml.core.registry import register_kind
-from ml.core.reporting import Reporter, RunContext, RunOutcome
+from ml.core.reporting import CPU, Reporter, RunContext, RunOutcome
 from ml.core.spec import JobSpec
 from ml.simulation.jarzynski_kernels import simulate, simulate_tf
 from ml.simulation.jarzynski_model import (
@@ -196,7 +196,7 @@ def run(spec: JarzynskiSpec, reporter: Reporter, context: RunContext | None = No
             "backend": p.backend,
         }
     )
-    device = "cpu"
+    device = CPU
     if p.backend == "tensorflow":
         from ml.simulation.tf_backend import device_name
 

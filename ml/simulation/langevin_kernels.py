@@ -11,6 +11,7 @@ import numba
 import numpy as np
 from numba import uint64
 
+from ml.core.reporting import CPU
 from ml.simulation.langevin_model import LangevinParams, coefficients
 from ml.simulation.xoshiro import xoshiro_next, xoshiro_states
 
@@ -141,7 +142,7 @@ class Walkers(Protocol):
 class NumbaWalkers:
     """The walkers of the `numba` backend, moved by :func:`advance`."""
 
-    device = "cpu"
+    device = CPU
 
     def __init__(self, p: LangevinParams) -> None:
         self.coefficients = coefficients(p)

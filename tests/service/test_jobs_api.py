@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +20,7 @@ def test_submit_runs_a_cooling_job_to_its_exact_answer(client: TestClient) -> No
     assert job["status"] == "queued"
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded"
-    assert done["attempts"] == 1 and done["device"] == "cpu"
+    assert done["attempts"] == 1 and done["device"] == "CPU:0"
     assert done["progress"]["fraction"] == 1.0
     assert done["result"]["final_temperature"] == pytest.approx(25 + 75 * 0.95**20, rel=1e-12)
     assert done["started_at"] <= done["finished_at"]
@@ -45,6 +46,8 @@ def test_every_kind_example_is_accepted_and_runs(client: TestClient, kind: str) 
     job = submit(client, get_kind(kind).spec.example)
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
+    # One vocabulary for every kind, TensorFlow's: `CPU:0`, `GPU:0,GPU:1`.
+    assert re.fullmatch(r"(CPU|GPU):\d+(,(CPU|GPU):\d+)*", done["device"]), done["device"]
 
 
 @pytest.mark.parametrize("kind", list_kinds())
