@@ -22,7 +22,30 @@ Activation = Literal["relu", "elu", "gelu", "selu", "tanh", "leaky_relu", "sigmo
 Labels = int | list[int] | None
 
 
-class AutoencoderParams(StrictModel):
+class AnomalyThreshold(StrictModel):
+    """Where an anomaly score's threshold comes from, and what it is evaluated on: the params
+    of every kind that learns normal rows and scores new ones."""
+
+    contamination: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Expected anomaly share: the threshold is the (1 − c) quantile of held-out "
+        "normal scores.",
+    )
+    target_fpr: float | None = Field(
+        None, gt=0, lt=1, description="Set the threshold for this false-positive rate instead."
+    )
+    normal_label: Labels = Field(None, description="Label(s) of the normal class to learn.")
+    anomaly_label: Labels = Field(
+        None, description="Label(s) of anomalies (default: the data set's anomaly class, if any)."
+    )
+    evaluation_split: float = Field(
+        0.2, ge=0, lt=0.9, description="Labelled rows held out for ROC-AUC / PR-AUC."
+    )
+
+
+class AutoencoderParams(AnomalyThreshold):
     latent_heads: ClassVar[int] = 1  # dense layers onto the latent space
     latent_dim: int = Field(4, ge=1, le=4096)
     hidden: list[Width] = Field(
@@ -40,23 +63,6 @@ class AutoencoderParams(StrictModel):
         "mse", description="Mean over features; cross-entropy needs inputs in [0, 1] (minmax)."
     )
     output_activation: Literal["auto", "linear", "sigmoid"] = "auto"
-    contamination: float = Field(
-        0.05,
-        gt=0,
-        lt=0.5,
-        description="Expected anomaly share: the threshold is the (1 − c) "
-        "quantile of held-out normal scores.",
-    )
-    target_fpr: float | None = Field(
-        None, gt=0, lt=1, description="Set the threshold for this false-positive rate instead."
-    )
-    normal_label: Labels = Field(None, description="Label(s) of the normal class to train on.")
-    anomaly_label: Labels = Field(
-        None, description="Label(s) of anomalies (default: the data set's anomaly class, if any)."
-    )
-    evaluation_split: float = Field(
-        0.2, ge=0, lt=0.9, description="Labelled rows held out for ROC-AUC / PR-AUC."
-    )
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderParams:
@@ -128,10 +134,8 @@ AutoencoderSpec.example = {
 }
 
 register_kind(
-    name="autoencoder",
     spec=AutoencoderSpec,
     summary="An autoencoder for representation learning and anomaly scores.",
-    category="model",
     serves=frozenset({"encode", "reconstruct", "score"}),
     servable="ml.anomaly.serving:AutoencoderServable",
 )(run_autoencoding)

@@ -59,22 +59,32 @@ def feature_axes(x: tf.Tensor) -> list[int]:
     return list(range(1, len(x.shape)))
 
 
-class AutoencoderObjective:
+class _Coder:
+    """What both objectives are made of: an encoder trunk and a decoder of the params' layers
+    (dense or convolutional by `params.architecture`); `output` is the decoder's activation."""
+
+    def __init__(self, params: Any, input_shape: tuple[int, ...], output: str | None) -> None:
+        self.params = params
+        self.input_shape = input_shape
+        self.conv = use_conv(params.architecture, input_shape)
+        layers = (input_shape, params.hidden, params.activation, self.conv)
+        self.trunk = encoder_trunk(*layers)
+        self.decoder = decoder_stack(*layers, output)
+
+
+class AutoencoderObjective(_Coder):
     """Reconstruction loss as Keras computes it: a mean over features, per example."""
 
     energy_units = "mean over features"
     score_name = "standardized_reconstruction_error"
 
     def __init__(self, params: Any, input_shape: tuple[int, ...]) -> None:
-        self.params = params
-        self.input_shape = input_shape
-        self.conv = use_conv(params.architecture, input_shape)
         self.bce = params.resolved_loss == "binary_crossentropy"
-        self.trunk = encoder_trunk(input_shape, params.hidden, params.activation, self.conv)
-        self.head = keras.layers.Dense(params.latent_dim, name="latent", dtype=OUTPUT_DTYPE)
         # With cross-entropy the decoder emits logits; serving applies the sigmoid.
-        out = None if self.bce else params.resolved_output_activation
-        self.decoder = decoder_stack(input_shape, params.hidden, params.activation, self.conv, out)
+        super().__init__(
+            params, input_shape, None if self.bce else params.resolved_output_activation
+        )
+        self.head = keras.layers.Dense(params.latent_dim, name="latent", dtype=OUTPUT_DTYPE)
         self.output_sigmoid = self.bce or params.resolved_output_activation == "sigmoid"
         self.saved_variables: dict[str, tf.Variable] = {}
         dummy = tf.zeros((1, *input_shape))
@@ -129,25 +139,21 @@ class AutoencoderObjective:
         return {"encoder": encoder, "decoder": decoder}
 
 
-class VaeObjective:
+class VaeObjective(_Coder):
     """Negative ELBO per example (nats): distortion + β·rate (Alemi et al. 2018)."""
 
     energy_units = "nats per example (−ELBO)"
     score_name = "negative_elbo"
 
     def __init__(self, params: Any, input_shape: tuple[int, ...]) -> None:
-        self.params = params
-        self.input_shape = input_shape
+        super().__init__(params, input_shape, None)
         self.dims = int(np.prod(input_shape))
-        self.conv = use_conv(params.architecture, input_shape)
         self.bernoulli = params.likelihood == "bernoulli"
         self.output_sigmoid = self.bernoulli
-        self.trunk = encoder_trunk(input_shape, params.hidden, params.activation, self.conv)
         self.mean_head = keras.layers.Dense(params.latent_dim, name="z_mean", dtype=OUTPUT_DTYPE)
         self.logvar_head = keras.layers.Dense(
             params.latent_dim, name="z_log_var", dtype=OUTPUT_DTYPE
         )
-        self.decoder = decoder_stack(input_shape, params.hidden, params.activation, self.conv, None)
         # Gaussian likelihood: one learned log σ per data dimension.
         self.log_sigma = tf.Variable(tf.zeros(input_shape), name="log_sigma")
         self.saved_variables = {"log_sigma": self.log_sigma}

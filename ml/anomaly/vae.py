@@ -53,10 +53,8 @@ VaeSpec.example = {
 }
 
 register_kind(
-    name="vae",
     spec=VaeSpec,
     summary="A variational autoencoder: encode, reconstruct, anomaly scores (−ELBO), samples.",
-    category="model",
     serves=frozenset({"encode", "reconstruct", "score", "generate"}),
     servable="ml.anomaly.serving:VaeServable",
 )(run_autoencoding)

@@ -119,10 +119,8 @@ class CoolingCurve:
 
 
 @register_kind(
-    name="annealing",
     spec=AnnealingSpec,
     summary="Deterministic annealing clustering: phase transitions of a cooling codebook.",
-    category="model",
     serves=clustering.CENTROID_SERVES,
     servable=clustering.CENTROID_SERVABLE,
 )

@@ -41,10 +41,8 @@ SERVES = frozenset({"encode", "predict"})
 
 
 register_kind(
-    name="dcn",
     spec=DcnSpec,
     summary="Deep clustering network: an autoencoder trained jointly with k-means in its latents.",
-    category="model",
     serves=SERVES,
     servable="ml.clustering.dcn_tf:DcnServable",
     run="ml.clustering.dcn_tf:train_dcn",

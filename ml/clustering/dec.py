@@ -37,10 +37,8 @@ SERVES = frozenset({"encode", "predict"})
 
 
 register_kind(
-    name="dec",
     spec=DecSpec,
     summary="Deep embedded clustering: encodes rows and predicts soft cluster assignments.",
-    category="model",
     serves=SERVES,
     servable="ml.clustering.dec_tf:DecServable",
     run="ml.clustering.dec_tf:train_dec",

@@ -91,10 +91,8 @@ SERVES = frozenset({"predict"})
 
 
 @register_kind(
-    name="hierarchical",
     spec=HierarchicalSpec,
     summary="Agglomerative clustering (ward, average, complete, single) with its dendrogram.",
-    category="model",
     serves=SERVES,
     pictures=frozenset({"dendrogram"}),
     servable="ml.clustering.agglomerative:HierarchicalServable",

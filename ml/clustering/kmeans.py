@@ -55,10 +55,8 @@ KMeansSpec.example = {
 
 
 @register_kind(
-    name="kmeans",
     spec=KMeansSpec,
     summary="k-means clustering (k-means++, restarts); predicts clusters and distances.",
-    category="model",
     serves=clustering.CENTROID_SERVES,
     servable=clustering.CENTROID_SERVABLE,
 )

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.serving import Servable
@@ -110,10 +110,10 @@ _discovered = False
 
 def register_kind(
     *,
-    name: str,
     spec: type[JobSpec],
     summary: str,
-    category: str,
+    name: str | None = None,
+    category: str | None = None,
     serves: frozenset[str] = frozenset(),
     pictures: frozenset[str] = frozenset(),
     load: LoadFn | None = None,
@@ -127,8 +127,12 @@ def register_kind(
     Kinds that train a model pass `serves` (operation names) and either `servable`, the
     `"module:Class"` of its :class:`ml.core.serving.Servable` (built from the files and the models
     row's metadata, imported on first load), or a `load` function doing the same. `plot` says
-    how its metric plot is labelled (default: its category's layout).
+    how its metric plot is labelled (default: its category's layout). The name defaults to the
+    spec's `kind` literal; the category to "model" for a kind that serves operations, else
+    "simulation".
     """
+    name = _spec_kind(spec, name)
+    category = category or ("model" if serves else "simulation")
     if servable is not None:
         if load is not None:
             raise ValueError(f"kind {name!r}: give `servable` or `load`, not both")
@@ -144,6 +148,16 @@ def register_kind(
     if run is not None:
         decorate(_lazy_run(run))
     return decorate
+
+
+def _spec_kind(spec: type[JobSpec], name: str | None) -> str:
+    """The kind named by `spec`'s `kind: Literal[...]` field, which `name`, if given, must match."""
+    literal = get_args(spec.model_fields["kind"].annotation)
+    if name is None and len(literal) != 1:
+        raise ValueError(f"{spec.__name__}.kind is not one literal: pass `name`")
+    if name is not None and literal and name not in literal:
+        raise ValueError(f"kind {name!r} registered with {spec.__name__}, whose kind is {literal}")
+    return name if name is not None else str(literal[0])
 
 
 def _lazy_run(path: str) -> RunFn:

@@ -120,3 +120,11 @@ class JobSpec(StrictModel):
     @property
     def queue(self) -> str:
         return "gpu" if self.resources.gpu else "cpu"
+
+
+def full_example(kind: str, name: str, params: type[BaseModel], **chosen: Any) -> dict[str, Any]:
+    """An example job of `kind` whose params are written out in full: `chosen` values, and the
+    defaults of `params` for the rest (derived defaults, None until resolved, are left out).
+    The published example then shows every parameter without restating a default here."""
+    values = params.model_validate(chosen).model_dump(mode="json", exclude_none=True)
+    return {"kind": kind, "name": name, "params": values}

@@ -130,10 +130,8 @@ SERVES = frozenset({"generate", "score"})
 
 
 @register_kind(
-    name="diffusion",
     spec=DiffusionSpec,
     summary="A diffusion probabilistic model: samples (DDPM, DDIM) and bound-based anomaly scores.",
-    category="model",
     serves=SERVES,
     pictures=frozenset({"samples"}),
     servable="ml.generative.diffusion_model:DiffusionServable",

@@ -101,10 +101,8 @@ SERVES = frozenset({"generate"})
 
 
 @register_kind(
-    name="gan",
     spec=GanSpec,
     summary="A generative adversarial network: samples, with sample-quality metrics.",
-    category="model",
     serves=SERVES,
     pictures=frozenset({"samples"}),
     servable="ml.generative.gan_model:GanServable",

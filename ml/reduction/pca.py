@@ -12,13 +12,13 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ml.anomaly.autoencoder import Labels
+from ml.anomaly.autoencoder import AnomalyThreshold
 from ml.anomaly.scoring import anomaly_mask, evaluate, threshold
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.sizing import RUNTIME_BYTES, SizeEstimate
-from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.core.spec import JobSpec, Preprocessing, preprocessing_field
 from ml.core.splits import split_indices, stratified_split_indices
 from ml.reduction import shared as reduction
 from ml.reduction.pca_model import (
@@ -39,7 +39,7 @@ Components = (
 DATA_COPIES = 4
 
 
-class PcaParams(StrictModel):
+class PcaParams(AnomalyThreshold):
     n_components: Components = Field(
         0.95,
         description="How many components to keep: an int, or a float in (0, 1) for the fewest "
@@ -70,23 +70,6 @@ class PcaParams(StrictModel):
     seed: int = Field(0, ge=0, lt=2**31, description="Splits and the randomised directions.")
     validation_split: float = Field(
         0.1, ge=0, lt=1, description="Rows held out to calibrate the score threshold."
-    )
-    contamination: float = Field(
-        0.05,
-        gt=0,
-        lt=0.5,
-        description="Expected anomaly share: the threshold is the (1 − c) quantile of held-out "
-        "normal scores.",
-    )
-    target_fpr: float | None = Field(
-        None, gt=0, lt=1, description="Set the threshold for this false-positive rate instead."
-    )
-    normal_label: Labels = Field(None, description="Label(s) of the normal class to fit on.")
-    anomaly_label: Labels = Field(
-        None, description="Label(s) of anomalies (default: the data set's anomaly class, if any)."
-    )
-    evaluation_split: float = Field(
-        0.2, ge=0, lt=0.9, description="Labelled rows held out for ROC-AUC / PR-AUC."
     )
 
     @model_validator(mode="after")
@@ -152,10 +135,8 @@ MAX_SERIES = 1000
 
 
 @register_kind(
-    name="pca",
     spec=PcaSpec,
     summary="Principal component analysis: projections, reconstructions and anomaly scores.",
-    category="model",
     serves=SERVES,
     servable="ml.reduction.pca_model:PcaServable",
 )

@@ -137,10 +137,8 @@ TRUSTWORTHINESS_NEIGHBOURS = 5
 
 
 @register_kind(
-    name="tsne",
     spec=TsneSpec,
     summary="Parametric t-SNE: a network that embeds new rows, with its embedding picture.",
-    category="model",
     serves=SERVES,
     pictures=frozenset({"embedding"}),
     servable="ml.reduction.tsne_tf:TsneServable",

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from ml.core.registry import PlotLayout, register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.spec import JobSpec, StrictModel
+from ml.core.spec import JobSpec, StrictModel, full_example
 from ml.simulation.shared import record_every_field, recording_stride
 
 KELVIN_OFFSET = 273.15
@@ -74,18 +74,7 @@ class CoolingSpec(JobSpec):
     params: CoolingParams = Field(default_factory=CoolingParams)
 
 
-CoolingSpec.example = {
-    "kind": "cooling",
-    "name": "seed-cooling",
-    "params": {
-        "initial_temperature": 100,
-        "ambient_temperature": 25,
-        "cooling_constant": 0.1,
-        "duration": 10,
-        "dt": 0.1,
-        "method": "rk4",
-    },
-}
+CoolingSpec.example = full_example("cooling", "seed-cooling", CoolingParams, method="rk4")
 
 
 def exact_temperature(p: CoolingParams, t: np.ndarray) -> np.ndarray:
@@ -138,10 +127,8 @@ PLOT = PlotLayout(
 
 
 @register_kind(
-    name="cooling",
     spec=CoolingSpec,
     summary="Newton cooling of a body in a bath, with its entropy production.",
-    category="simulation",
     plot=PLOT,
 )
 def run(spec: CoolingSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:

@@ -22,7 +22,7 @@ from scipy import special
 
 from ml.core.registry import PlotLayout, register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
-from ml.core.spec import JobSpec, StrictModel
+from ml.core.spec import JobSpec, StrictModel, full_example
 from ml.simulation.ising_kernels import Lattice, NumbaLattice, thresholds
 from ml.simulation.shared import record_every_field, recording_stride
 
@@ -89,19 +89,9 @@ class IsingSpec(JobSpec):
     params: IsingParams = Field(default_factory=IsingParams)
 
 
-IsingSpec.example = {
-    "kind": "ising",
-    "name": "ising-32-sweep",
-    "params": {
-        "size": 32,
-        "temperatures": [1.5, 2.0, 2.269, 2.5, 3.0],
-        "coupling": 1.0,
-        "field": 0.0,
-        "sweeps": 2000,
-        "burn_in": 500,
-        "seed": 0,
-    },
-}
+IsingSpec.example = full_example(
+    "ising", "ising-32-sweep", IsingParams, temperatures=[1.5, 2.0, 2.269, 2.5, 3.0]
+)
 
 
 # --- exact answers (infinite lattice, h = 0) -------------------------------------------------
@@ -218,10 +208,8 @@ PLOT = PlotLayout(
 
 
 @register_kind(
-    name="ising",
     spec=IsingSpec,
     summary="2D Ising model, checkerboard Metropolis over a sweep of temperatures.",
-    category="simulation",
     plot=PLOT,
 )
 def run(spec: IsingSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:

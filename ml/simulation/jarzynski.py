@@ -26,7 +26,7 @@ from scipy.special import logsumexp
 
 from ml.core.registry import register_kind
 from ml.core.reporting import CPU, Reporter, RunContext, RunOutcome
-from ml.core.spec import JobSpec
+from ml.core.spec import JobSpec, full_example
 from ml.simulation.jarzynski_kernels import simulate, simulate_tf
 from ml.simulation.jarzynski_model import (
     JarzynskiParams,
@@ -48,22 +48,7 @@ class JarzynskiSpec(JobSpec):
     params: JarzynskiParams = Field(default_factory=JarzynskiParams)
 
 
-JarzynskiSpec.example = {
-    "kind": "jarzynski",
-    "name": "dragged-trap",
-    "params": {
-        "protocol": "drag",
-        "temperature": 1.0,
-        "friction": 1.0,
-        "stiffness": 1.0,
-        "speed": 1.0,
-        "duration": 2.0,
-        "dt": 0.01,
-        "paths": 10000,
-        "crooks": True,
-        "seed": 0,
-    },
-}
+JarzynskiSpec.example = full_example("jarzynski", "dragged-trap", JarzynskiParams, crooks=True)
 
 
 def free_energy_estimate(work: np.ndarray, temperature: float) -> float:
@@ -141,10 +126,8 @@ def summarize(p: JarzynskiParams, s: Schedule, work: np.ndarray) -> dict[str, An
 
 
 @register_kind(
-    name="jarzynski",
     spec=JarzynskiSpec,
     summary="Work on a dragged or squeezed trap, or a Landauer erasure; Jarzynski and Crooks.",
-    category="simulation",
 )
 def run(spec: JarzynskiSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
-from ml.core.spec import JobSpec
+from ml.core.spec import JobSpec, full_example
 from ml.simulation.langevin_kernels import RNG_BLOCKS, walkers_for
 from ml.simulation.langevin_model import (
     LangevinParams,
@@ -43,21 +43,9 @@ class LangevinSpec(JobSpec):
     params: LangevinParams = Field(default_factory=LangevinParams)
 
 
-LangevinSpec.example = {
-    "kind": "langevin",
-    "name": "ou-euler-maruyama",
-    "params": {
-        "potential": "harmonic",
-        "stiffness": 1.0,
-        "friction": 1.0,
-        "temperature": 1.0,
-        "dt": 0.01,
-        "steps": 2000,
-        "walkers": 10000,
-        "integrator": "euler_maruyama",
-        "seed": 0,
-    },
-}
+LangevinSpec.example = full_example(
+    "langevin", "ou-euler-maruyama", LangevinParams, steps=2000, integrator="euler_maruyama"
+)
 
 
 # --- estimates -------------------------------------------------------------------------------
@@ -130,10 +118,8 @@ def _acf_result(
 
 
 @register_kind(
-    name="langevin",
     spec=LangevinSpec,
     summary="Overdamped Langevin walkers in a harmonic or double-well potential.",
-    category="simulation",
 )
 def run(spec: LangevinSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params

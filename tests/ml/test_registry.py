@@ -73,3 +73,25 @@ def test_a_kind_names_its_servable_one_way(unregister: None) -> None:
             load=lambda files, meta: None,  # type: ignore[arg-type,return-value]
         )
     assert "lazy" not in registry._KINDS
+
+
+def test_a_kind_is_named_by_its_spec_and_its_category_follows_what_it_serves(
+    unregister: None,
+) -> None:
+    registry.register_kind(spec=LazySpec, summary="t", run=f"{__name__}:lazy_run")
+    kind = registry.get_kind("lazy")
+    assert (kind.name, kind.category) == ("lazy", "simulation")
+    registry._KINDS.pop("lazy")
+    registry.register_kind(spec=LazySpec, summary="t", serves=frozenset({"encode"}), run="a:b")
+    assert registry.get_kind("lazy").category == "model"
+    with pytest.raises(ValueError, match="whose kind is"):
+        registry.register_kind(name="other", spec=LazySpec, summary="t", run="a:b")
+    assert "other" not in registry._KINDS
+
+
+def test_every_example_is_a_valid_spec_of_its_kind() -> None:
+    """Examples written from the params' defaults (`full_example`) still validate, and name
+    their own kind."""
+    for name in registry.list_kinds():
+        spec = registry.get_kind(name).spec
+        assert spec.model_validate(spec.example).kind == name
