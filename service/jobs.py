@@ -31,7 +31,7 @@ from service.config import Settings
 from service.db import jobs as reads
 from service.db.base import new_id, utcnow
 from service.db.tables import Job
-from service.db.tenancy import DEFAULT, Scope
+from service.db.tenancy import Scope
 from service.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -89,20 +89,10 @@ def submit(
             if key and (earlier := reads.find_idempotent(session, scope, key)) is not None:
                 return Submitted(_same_body(earlier, request_hash), replayed=True)
             _check_caps(session, settings, principal.key_id)
-            job = create(
-                session,
-                job_id=job_id,
-                kind=spec.kind,
-                name=spec.name or f"{spec.kind}-{job_id[:8]}",
-                spec=spec.model_dump(mode="json"),
-                queue=spec.queue,
-                priority=spec.priority,
-                idempotency_scope=scope if idempotency_key else None,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
-                api_key_id=principal.key_id,
-                tenant=principal.tenant,
-            )
+            job = create(session, spec, job_id, principal)
+            job.request_hash = request_hash
+            if key:
+                job.idempotency_key, job.idempotency_scope = key, scope
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
         session.rollback()
@@ -114,40 +104,24 @@ def submit(
     return Submitted(job, replayed=False)
 
 
-def create(
-    session: Session,
-    *,
-    job_id: str,
-    kind: str,
-    name: str,
-    spec: dict[str, Any],
-    queue: str,
-    priority: int,
-    idempotency_scope: str | None = None,
-    idempotency_key: str | None = None,
-    request_hash: str | None = None,
-    api_key_id: str | None = None,
-    tenant: str = DEFAULT,
-) -> Job:
-    """Insert a queued job row of `tenant` (the caller commits, then publishes)."""
+def create(session: Session, spec: JobSpec, job_id: str, owner: Principal | None = None) -> Job:
+    """Insert a queued job row for `spec` (the caller commits, then publishes), owned by the
+    `owner`'s key and tenant (without one, tenant `default`)."""
     job = Job(
         id=job_id,
-        kind=kind,
-        name=name,
-        spec=spec,
-        queue=queue,
-        priority=priority,
+        kind=spec.kind,
+        name=spec.name or f"{spec.kind}-{job_id[:8]}",
+        spec=spec.model_dump(mode="json"),
+        queue=spec.queue,
+        priority=spec.priority,
         status="queued",
         progress={"fraction": 0.0},
         attempts=0,
         cancel_requested=False,
-        idempotency_scope=idempotency_scope,
-        idempotency_key=idempotency_key,
-        api_key_id=api_key_id,
-        tenant=tenant,
-        request_hash=request_hash,
         created_at=utcnow(),
     )
+    if owner is not None:
+        job.api_key_id, job.tenant = owner.key_id, owner.tenant
     session.add(job)
     return job
 

@@ -84,9 +84,7 @@ def make_job(dataset: str | None = "builtin:moons", name: str = "tiny-model", **
     if dataset is not None:
         spec["dataset"] = dataset
     with runtime.sessions().begin() as session:
-        lifecycle.create(
-            session, job_id=job_id, kind="tiny", name=name, spec=spec, queue="cpu", priority=5
-        )
+        lifecycle.create(session, TinySpec.model_validate(spec), job_id)
     return job_id
 
 

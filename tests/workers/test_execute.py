@@ -67,15 +67,9 @@ def probe() -> Iterator[None]:
 def make_job(params: dict[str, Any] | None = None, kind: str = "probe", priority: int = 5) -> str:
     job_id = new_id()
     with runtime.sessions().begin() as session:
-        lifecycle.create(
-            session,
-            job_id=job_id,
-            kind=kind,
-            name="t",
-            spec={"kind": kind, "params": params or {}},
-            queue="cpu",
-            priority=priority,
-        )
+        spec = JobSpec.model_construct(kind=kind, name="t", priority=priority)
+        job = lifecycle.create(session, spec, job_id)
+        job.spec = {"kind": kind, "params": params or {}}  # as stored, valid or not
     return job_id
 
 

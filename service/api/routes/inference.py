@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from service import bodies, serving
 from service.api.deps import ModelCacheDep
 from service.auth import current
+from service.inference import ModelCache
 from service.schemas.common import ERROR_RESPONSES
 from service.schemas.inference import GenerateRequest
 
@@ -32,22 +33,30 @@ def _respond(request: Request, operation: str, answer: dict[str, Any]) -> Respon
     return Response(encoded.content, media_type=encoded.media_type, headers=encoded.headers)
 
 
+def _caller(request: Request, cache: ModelCache, ref: str) -> dict[str, Any]:
+    """What every model operation is given: the app's caches, the model reference, and who
+    asks (tenant scope and key, for admission), with the client's disconnect check."""
+    state, principal = request.app.state, current(request)
+    return {
+        "cache": cache,
+        "sessions": state.sessions,
+        "settings": state.settings,
+        "ref": ref,
+        "scope": principal.scope,
+        "key": principal.key_id,
+        "disconnected": request.is_disconnected,
+    }
+
+
 def _row_route(operation: str, summary: str) -> None:
     """`POST /v1/models/{ref}/<operation>` over rows."""
 
     async def route(ref: str, request: Request, cache: ModelCacheDep) -> Response:
-        state = request.app.state
         answer = await serving.run_rows(
-            cache,
-            state.sessions,
-            state.settings,
-            ref=ref,
-            scope=current(request).scope,
+            **_caller(request, cache, ref),
             operation=operation,
             body=request.body,
             content_type=request.headers.get("content-type", ""),
-            key=current(request).key_id,
-            disconnected=request.is_disconnected,
         )
         return _respond(request, operation, answer)
 
@@ -67,18 +76,8 @@ async def generate(
     ref: str, body: GenerateRequest, request: Request, cache: ModelCacheDep
 ) -> Response:
     """`{"samples": […]}` in the data's raw units; the same seed gives the same samples."""
-    state = request.app.state
     options = body.model_dump(exclude_none=True)
-    answer = await serving.generate(
-        cache,
-        state.sessions,
-        state.settings,
-        ref=ref,
-        scope=current(request).scope,
-        options=options,
-        key=current(request).key_id,
-        disconnected=request.is_disconnected,
-    )
+    answer = await serving.generate(**_caller(request, cache, ref), options=options)
     return _respond(request, "generate", answer)
 
 
