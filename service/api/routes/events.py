@@ -40,9 +40,11 @@ def get_hub(request: Request) -> EventHub:
 
 
 async def close_hub(app: Any) -> None:
-    """End every open event stream; call it when the application shuts down."""
+    """End every open event stream; call it when the application shuts down. The closed hub is
+    dropped, so that the application started again streams with a new one."""
     hub = getattr(app.state, "event_hub", None)
     if hub is not None:
+        app.state.event_hub = None
         hub.close()
 
 
