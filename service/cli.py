@@ -17,6 +17,13 @@ from service.config import Settings, get_settings
 
 log = logging.getLogger("thermoml")
 
+EXIT_CODES = """exit codes:
+  0    done (a waited-for job succeeded)
+  1    the job failed or was cancelled, or the server refused the request (its message is shown)
+  2    the command line is wrong
+  130  interrupted (Ctrl-C); a submitted job goes on
+"""
+
 
 def _migrate(settings: Settings) -> str:
     from migrations import upgrade
@@ -198,7 +205,14 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thermoml", description=__doc__)
+    from thermoml import __version__
+
+    parser = argparse.ArgumentParser(prog="thermoml", description=__doc__, epilog=EXIT_CODES)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--version", action="version", version=f"thermoml {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also log what the libraries do (HTTP calls)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser(
@@ -242,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    # httpx logs every request at INFO, which would draw lines through a progress bar.
+    quiet = not getattr(args, "verbose", False)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     return int(args.func(args) or 0)
 
 

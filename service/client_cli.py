@@ -12,134 +12,81 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
-import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.client_http import Api, ClientError
+from thermoml.errors import ThermomlError
+from thermoml.http import Transport as Api
+from thermoml.progress import JobProgress, format_number
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
-# Shown next to the progress bar when the job records them, in this order (at most three).
-KEY_METRICS = (
-    "loss",
-    "val_loss",
-    "internal_energy",
-    "free_energy",
-    "temperature",
-    "temperature_noise",
-    "energy_per_spin",
-    "mean_energy",
-    "mean_work",
-    "entropy_production",
-    "heat",
-)
 SCORE_BATCH_ROWS = 5000
+SUMMARY_FIELDS = 12  # result fields shown when a job ends (--json shows the whole job)
 
 
-# --- progress -----------------------------------------------------------------------------------
+class ClientError(ThermomlError):
+    """Something about the command's own input to tell the user in one line (exit code 1)."""
 
-
-class ProgressBar:
-    """One line redrawn in place on a terminal; a line per change of status otherwise."""
-
-    def __init__(self, job: dict[str, Any], out: TextIO) -> None:
-        self.job = job
-        self.out = out
-        self.tty = out.isatty()
-        self.status = job.get("status", "queued")
-        self.progress: dict[str, Any] = dict(job.get("progress") or {})
-        self.latest: dict[str, float | None] = {}
-        self._last_line = 0.0
-        self._printed_status: str | None = None
-
-    def update(self, event: str, data: dict[str, Any]) -> None:
-        if event in ("status", "end"):
-            self.status = data["status"]
-        elif event == "progress":
-            self.progress = data
-        elif event == "metrics":
-            for name, series in data.get("series", {}).items():
-                if series["values"]:
-                    self.latest[name] = series["values"][-1]
-        self.draw(force=event in ("status", "end"))
-
-    def line(self) -> str:
-        fraction = max(0.0, min(1.0, float(self.progress.get("fraction") or 0.0)))
-        width = 24
-        filled = round(fraction * width)
-        bar = "#" * filled + "." * (width - filled)
-        parts = [f"[{bar}] {100 * fraction:5.1f}%", self.status]
-        p = self.progress
-        if p.get("epoch") is not None:
-            parts.append(f"epoch {p['epoch']}" + (f"/{p['epochs']}" if p.get("epochs") else ""))
-        if p.get("step") is not None:
-            total = f"/{p['total_steps']}" if p.get("total_steps") else ""
-            parts.append(f"step {p['step']}{total}")
-        shown = [n for n in KEY_METRICS if n in self.latest][:3]
-        parts += [f"{n} {format_number(self.latest[n])}" for n in shown]
-        return "  ".join(parts)
-
-    def draw(self, force: bool = False) -> None:
-        if self.tty:
-            columns = shutil.get_terminal_size((100, 20)).columns
-            self.out.write("\r" + self.line()[: columns - 1].ljust(columns - 1))
-            self.out.flush()
-            return
-        now = time.monotonic()
-        if (force and self._printed_status != self.status) or now - self._last_line >= 5.0:
-            self._printed_status = self.status
-            self._last_line = now
-            print(self.line(), file=self.out, flush=True)
-
-    def finish(self) -> None:
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
-
-
-def format_number(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "nan"
-    return f"{value:.4g}"
+    def __str__(self) -> str:
+        return self.message
 
 
 def follow(api: Api, job_id: str, out: TextIO) -> dict[str, Any]:
     """Draw the job's progress until it ends; the job as the server finally reports it."""
     job = api.json("GET", f"/v1/jobs/{job_id}")
-    bar = ProgressBar(job, out)
-    bar.draw(force=True)
-    try:
+    with JobProgress(job, out) as bar:
         for event, data in api.events(job_id):
             bar.update(event, data)
-    finally:
-        bar.finish()
     return dict(api.json("GET", f"/v1/jobs/{job_id}"))
 
 
-def report_end(job: dict[str, Any]) -> int:
-    """Print how the job ended; 0 if it succeeded."""
+def report_end(job: dict[str, Any], whole: bool = False) -> int:
+    """Print how the job ended (`whole`: the job as JSON); 0 if it succeeded."""
     status = job["status"]
+    if whole:
+        print(json.dumps(job, indent=2, sort_keys=True))
+        return 0 if status == "succeeded" else 1
     print(f"job {job['id']} {status}")
     if job.get("error"):
         print(f"error: {job['error']['code']}: {job['error']['message']}", file=sys.stderr)
     if job.get("model_id"):
         print(f"model: {job['model_id']}")
     if job.get("result"):
-        print(json.dumps(job["result"], indent=2, sort_keys=True))
+        print(summary(job["result"]))
     return 0 if status == "succeeded" else 1
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The result's numbers, strings and flags, one per line; lists and objects are counted,
+    not printed (`--json` prints them)."""
+    lines = []
+    for name in sorted(result):
+        value = result[name]
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            shown = json.dumps(value)
+        elif isinstance(value, int | float):
+            shown = format_number(float(value)) if isinstance(value, float) else str(value)
+        else:
+            continue
+        lines.append(f"  {name}: {shown}")
+    hidden = len(result) - len(lines)
+    lines = lines[:SUMMARY_FIELDS]
+    more = len(result) - len(lines)
+    if more:
+        what = f"{more} more field{'s' if more > 1 else ''}"
+        lines.append(f"  … {what} ({hidden} lists or objects): --json shows the whole job")
+    return "result:\n" + "\n".join(lines)
 
 
 # --- commands -----------------------------------------------------------------------------------
 
 
 def _api(args: argparse.Namespace) -> Api:
-    return Api(args.server, args.api_key)
+    return Api(args.server, args.api_key, user_agent="thermoml-cli")
 
 
 def cmd_submit(args: argparse.Namespace, api: Api) -> int:
@@ -152,15 +99,18 @@ def cmd_submit(args: argparse.Namespace, api: Api) -> int:
         raise ClientError(f"{args.spec} is not JSON: {exc}") from None
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     job = api.json("POST", "/v1/jobs", json=spec, headers=headers)
-    print(f"submitted job {job['id']} ({job['kind']}, {job['name']})")
-    print(f"dashboard: {api.server}/jobs/{job['id']}")
+    info = sys.stderr if args.json else sys.stdout  # --json: stdout holds the job's JSON alone
+    print(f"submitted job {job['id']} ({job['kind']}, {job['name']})", file=info)
+    print(f"dashboard: {api.url}/jobs/{job['id']}", file=info)
+    if args.json and not args.wait:
+        print(json.dumps(job, indent=2, sort_keys=True))
     if not args.wait:
         return 0
-    return report_end(follow(api, job["id"], sys.stderr))
+    return report_end(follow(api, job["id"], sys.stderr), whole=args.json)
 
 
 def cmd_watch(args: argparse.Namespace, api: Api) -> int:
-    return report_end(follow(api, args.job, sys.stderr))
+    return report_end(follow(api, args.job, sys.stderr), whole=args.json)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -295,7 +245,7 @@ def _run(command: Callable[[argparse.Namespace, Api], int]) -> Callable[[argpars
         api = _api(args)
         try:
             return command(args, api)
-        except ClientError as exc:
+        except ThermomlError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
@@ -318,6 +268,13 @@ def _connection(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("THERMOML_API_KEY"),
         help="API key, sent as a Bearer token (env THERMOML_API_KEY)",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also log what the libraries do (HTTP calls)",
+    )
 
 
 def _list_options(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +289,9 @@ def add_client_commands(subparsers: Any) -> None:
     submit.add_argument("spec", help="the job spec: a JSON file, or - to read it from stdin")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
     submit.add_argument("--idempotency-key", help="the same key and spec give the same job")
+    submit.add_argument(
+        "--json", action="store_true", help="the job as JSON on stdout (with --wait: at its end)"
+    )
     _connection(submit)
     submit.set_defaults(func=_run(cmd_submit))
 
@@ -343,6 +303,7 @@ def add_client_commands(subparsers: Any) -> None:
 
     watch = subparsers.add_parser("watch", help="follow a job's progress until it ends")
     watch.add_argument("job", help="job id")
+    watch.add_argument("--json", action="store_true", help="the whole job as JSON at its end")
     _connection(watch)
     watch.set_defaults(func=_run(cmd_watch))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -15,13 +16,15 @@ import httpx
 import pytest
 import uvicorn
 
-from service import client_cli, client_http
+from service import client_cli
 from service.cli import main
 from service.config import Settings
 from service.db import models as model_repo
 from service.db.base import new_id, utcnow
 from tests.conftest import RecordingPublisher, free_port
 from tests.service.test_events import run_fake_worker
+from thermoml import http as client_http
+from thermoml.progress import JobProgress
 
 COOLING = {"kind": "cooling", "params": {"method": "euler", "dt": 0.5}}
 
@@ -94,7 +97,8 @@ def test_watch_follows_a_running_job(
     lines = err.strip().splitlines()
     assert "queued" in lines[0]
     assert any("running" in line for line in lines)
-    assert "[########################] 100.0%  succeeded" in lines[-1]
+    # Off a terminal: a line per change of status, with the elapsed time.
+    assert re.match(r"100\.0%  \d\d:\d\d  succeeded", lines[-1]), lines[-1]
     assert "step 9/10" in lines[-1] and "temperature" in lines[-1]
     assert out.startswith(f"job {job['id']} succeeded")
 
@@ -204,7 +208,9 @@ def test_score_sends_batches_with_the_key_and_prints_csv(
     monkeypatch.setattr(
         client_cli,
         "Api",
-        lambda server, key, **kw: real_api(server, key, transport=httpx.MockTransport(answer)),
+        lambda server, key, **kw: real_api(
+            server, key, http=httpx.Client(base_url=server, transport=httpx.MockTransport(answer))
+        ),
     )
     monkeypatch.setenv("THERMOML_SERVER", "http://127.0.0.1:9")
     monkeypatch.setenv("THERMOML_API_KEY", "tml_secret")
@@ -227,14 +233,15 @@ def test_score_sends_batches_with_the_key_and_prints_csv(
 
 
 def test_the_progress_line() -> None:
-    bar = client_cli.ProgressBar({"status": "running", "progress": {}}, io.StringIO())
+    out = io.StringIO()
+    bar = JobProgress({"status": "running", "progress": {}}, out)
     bar.update("progress", {"fraction": 0.5, "epoch": 3, "epochs": 10, "step": 120})
     bar.update("metrics", {"series": {"loss": {"steps": [120], "values": [0.12345]}}})
     bar.update("metrics", {"series": {"internal_energy": {"steps": [120], "values": [None]}}})
-    assert bar.line() == (
-        "[############............]  50.0%  running  epoch 3/10  step 120  "
-        "loss 0.1235  internal_energy nan"
-    )
+    assert bar.details() == "running  epoch 3/10  step 120  loss 0.1235  internal_energy nan"
+    assert re.fullmatch(r" 50\.0%  00:0\d  running  epoch 3/10 .*", bar.line())
+    # Off a terminal, a line at the start; the next one after a change of status or 5 s.
+    assert out.getvalue().count("\n") == 1 and "running" in out.getvalue()
 
 
 def test_sse_parsing() -> None:
@@ -242,3 +249,37 @@ def test_sse_parsing() -> None:
         ["retry: 2000", "", ": keepalive", "id: 7", "event: status", 'data: {"a": 1}', "", ""]
     )
     assert list(client_http.parse_sse(lines)) == [("7", "status", {"a": 1})]
+
+
+def test_version_and_quiet_http_logging(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    import thermoml
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"thermoml {thermoml.__version__}"
+    main(["jobs", "--server", "http://127.0.0.1:9"])
+    assert logging.getLogger("httpx").level == logging.WARNING
+    main(["jobs", "-v", "--server", "http://127.0.0.1:9"])
+    assert logging.getLogger("httpx").level == logging.NOTSET
+    main(["-v", "jobs", "--server", "http://127.0.0.1:9"])
+    assert logging.getLogger("httpx").level == logging.NOTSET
+
+
+def test_the_end_of_a_job_is_a_summary_or_with_json_the_whole_job(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "langevin", "params": {"steps": 200, "walkers": 100}}))
+    code, out, err = run(capsys, "submit", str(spec), "--wait", "--server", server.url)
+    assert code == 0, err
+    job = httpx.get(f"{server.url}/v1/jobs/{out.split()[2]}").json()
+    shown = [line for line in out.splitlines() if line.startswith("  ")]
+    scalars = [k for k, v in job["result"].items() if not isinstance(v, list | dict)]
+    assert 0 < len(shown) <= client_cli.SUMMARY_FIELDS + 1 and len(out.splitlines()) < 20
+    assert shown[0].split(":")[0].strip() == sorted(scalars)[0]
+    code, out, err = run(capsys, "submit", str(spec), "--wait", "--json", "--server", server.url)
+    assert code == 0 and json.loads(out)["result"].keys() == job["result"].keys()
+    assert "submitted job" in err
