@@ -70,6 +70,7 @@ def test_rows_go_as_npy_and_answers_come_back_as_arrays(server: Server) -> None:
     with thermoml.Client(server.url) as client:
         job = client.jobs.submit(PCA).wait(timeout=120)
         assert job.status == "succeeded", job.error
+        assert 0.5 < job.result["roc_auc"] <= 1  # the README's example prints it
         rows = np.random.default_rng(0).normal(size=(7, 30)) * 10 + 50
         answer = client.models.score(job.model_id, rows)
         reference = httpx.post(
