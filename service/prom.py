@@ -25,10 +25,11 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import auth
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 disable_created_metrics()  # no `*_created` series: they double every counter's lines
 REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(namespace="thermoml", registry=REGISTRY)
+# The standard `process_*` names (CPU seconds, memory, open files) that dashboards expect.
+ProcessCollector(registry=REGISTRY)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REQUESTS = Counter(
@@ -98,12 +100,14 @@ class RequestMetrics:
         started = time.perf_counter()
         status = 500
         timed = False
+        # Where the request was going, before a mounted app rewrites the scope's paths.
+        asked = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", "")}
 
         def observe() -> None:
             nonlocal timed
             if not timed:
                 timed = True
-                LATENCY.labels(scope["method"], _route(scope)).observe(
+                LATENCY.labels(scope["method"], _route(scope, asked)).observe(
                     time.perf_counter() - started
                 )
 
@@ -122,13 +126,23 @@ class RequestMetrics:
             await self.app(scope, receive, send_wrapper)
         finally:
             observe()
-            REQUESTS.labels(scope["method"], _route(scope), str(status)).inc()
+            REQUESTS.labels(scope["method"], _route(scope, asked), str(status)).inc()
 
 
-def _route(scope: Scope) -> str:
+def _route(scope: Scope, asked: Scope) -> str:
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return str(path) if path else UNMATCHED
+    return str(path) if path else _plain_route(scope.get("app"), {**asked, "method": "GET"})
+
+
+def _plain_route(app: Any, asked: Scope) -> str:
+    """The template of a Starlette route that does not record itself in the scope (the OpenAPI
+    document, the docs' static files); `<unmatched>` when no route has the path."""
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = route.matches(asked)
+        if match is Match.FULL:
+            return f"{route.path}/{{path}}" if isinstance(route, Mount) else str(route.path)
+    return UNMATCHED
 
 
 def install(app: FastAPI) -> None:
@@ -148,8 +162,53 @@ class ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         yield from self._jobs()
+        yield from self._durations()
         yield from self._queues()
         yield from self._workers()
+
+    def _durations(self) -> Iterator[Any]:
+        """Finished jobs' run times by kind and outcome, and running jobs' training speed: both
+        read from the jobs table, the one record of every job."""
+        durations = SummaryMetricFamily(
+            "thermoml_job_duration_seconds",
+            "Run time (started to finished) of finished jobs, by kind and outcome.",
+            labels=["kind", "status"],
+        )
+        speed = GaugeMetricFamily(
+            "thermoml_running_job_steps_per_second",
+            "Optimizer steps (or simulation steps) per second of the running jobs, summed by kind.",
+            labels=["kind"],
+        )
+        try:
+            finished, running = self._read_durations()
+        except Exception as exc:  # the database's own probe reports it as down
+            log.debug("metrics: durations unavailable: %s", exc)
+            return
+        for kind, status, count, total in finished:
+            durations.add_metric([kind, status], count_value=count, sum_value=float(total or 0))
+        now = dt.datetime.now(dt.UTC)
+        rates: dict[str, float] = {}
+        for kind, started, progress in running:
+            elapsed, step = _age(now, started), (progress or {}).get("step")
+            if isinstance(step, int | float) and elapsed > 0:
+                rates[kind] = rates.get(kind, 0.0) + step / elapsed
+        for kind, rate in sorted(rates.items()):
+            speed.add_metric([kind], rate)
+        yield from (durations, speed)
+
+    def _read_durations(self) -> tuple[list[Any], list[Any]]:
+        with self.sessions() as session:
+            seconds = _seconds_between(session, Job.started_at, Job.finished_at)
+            finished = session.execute(
+                select(Job.kind, Job.status, func.count(), func.sum(seconds))
+                .where(Job.status.in_(("succeeded", "failed", "cancelled")))
+                .where(Job.started_at.is_not(None), Job.finished_at.is_not(None))
+                .group_by(Job.kind, Job.status)
+            ).all()
+            running = session.execute(
+                select(Job.kind, Job.started_at, Job.progress).where(Job.status == "running")
+            ).all()
+        return list(finished), list(running)
 
     def _jobs(self) -> Iterator[Any]:
         jobs = GaugeMetricFamily(
@@ -243,6 +302,13 @@ def _probe(dependency: str, read: Callable[[], T]) -> tuple[GaugeMetricFamily, T
         return up, None
     up.add_metric([], 1)
     return up, value
+
+
+def _seconds_between(session: Session, start: Any, end: Any) -> Any:
+    """SQL for the seconds from `start` to `end`, in the session's database dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.extract("epoch", end - start)
+    return (func.julianday(end) - func.julianday(start)) * 86400.0
 
 
 def _age(now: dt.datetime, value: dt.datetime | None) -> float:

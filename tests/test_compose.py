@@ -24,7 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-SERVICES = {"api", "migrate", "worker-cpu", "worker-gpu", "postgres", "redis", "minio", "flower"}
+SERVICES = {
+    "api",
+    "migrate",
+    "worker-cpu",
+    "worker-gpu",
+    "postgres",
+    "redis",
+    "minio",
+    "flower",
+    "prometheus",
+    "grafana",
+}
 THERMOML_SERVICES = {"api", "migrate", "worker-cpu", "worker-gpu"}
 ONE_SHOT = {"migrate"}
 SUBSTITUTION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
@@ -83,7 +94,7 @@ def subcommands() -> set[str]:
     raise AssertionError("build_parser() has no subcommands")
 
 
-def test_services_are_the_designed_eight(services: dict[str, Any]) -> None:
+def test_services_are_the_designed_ten(services: dict[str, Any]) -> None:
     assert set(services) == SERVICES
 
 
@@ -195,6 +206,7 @@ def test_secrets_come_from_substitution_with_a_default(services: dict[str, Any])
         "minio user": services["minio"]["environment"]["MINIO_ROOT_USER"],
         "minio password": services["minio"]["environment"]["MINIO_ROOT_PASSWORD"],
         "aws secret": services["api"]["environment"]["AWS_SECRET_ACCESS_KEY"],
+        "grafana password": services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"],
     }
     for what, value in raw.items():
         assert SUBSTITUTION.fullmatch(value), f"{what}: {value!r} is not ${{VAR:-default}}"

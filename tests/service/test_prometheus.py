@@ -59,7 +59,7 @@ def test_requests_are_counted_under_their_route_template(client: TestClient) -> 
         after, "thermoml_http_request_duration_seconds_count", method="GET", route=route
     )
     assert latency is not None and latency >= 4
-    assert value(after, "thermoml_process_cpu_seconds_total") is not None
+    assert value(after, "process_cpu_seconds_total") is not None
 
 
 def test_jobs_by_kind_and_status_are_read_at_scrape_time(client: TestClient) -> None:
@@ -91,6 +91,56 @@ def test_heartbeat_ages_of_running_jobs(client: TestClient) -> None:
     oldest = value(samples, "thermoml_running_jobs_oldest_heartbeat_age_seconds")
     assert newest == pytest.approx(5, abs=3)
     assert oldest == pytest.approx(90, abs=3)
+
+
+def test_documentation_routes_have_their_templates(client: TestClient) -> None:
+    client.get("/openapi.json")
+    client.get("/docs")
+    assets = client.get("/docs").text
+    asset = next(part.split('"')[0] for part in assets.split('src="')[1:])
+    assert client.get(asset).status_code == 200
+    samples = scrape(client)
+    for route in ("/openapi.json", "/docs"):
+        assert value(
+            samples, "thermoml_http_requests_total", method="GET", route=route, status="200"
+        )
+    mounted = [
+        labels
+        for (name, labels) in samples
+        if name == "thermoml_http_requests_total" and dict(labels)["route"].endswith("/{path}")
+    ]
+    assert mounted, "the docs' static files count under their mount's template"
+
+
+def test_job_durations_by_outcome_and_running_speed(client: TestClient) -> None:
+    done = [submit(client, COOLING)["id"] for _ in range(2)]
+    client.app.state.publisher = RecordingPublisher(run_inline=False)  # type: ignore[attr-defined]
+    running = submit(client, COOLING)["id"]
+    now = dt.datetime.now(dt.UTC)
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        for job_id, seconds in zip(done, (3.0, 5.0), strict=True):
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(started_at=now - dt.timedelta(seconds=seconds), finished_at=now)
+            )
+        session.execute(
+            update(Job)
+            .where(Job.id == running)
+            .values(
+                status="running",
+                started_at=now - dt.timedelta(seconds=10),
+                progress={"fraction": 0.5, "step": 200},
+            )
+        )
+    samples = scrape(client)
+    labels = {"kind": "cooling", "status": "succeeded"}
+    assert value(samples, "thermoml_job_duration_seconds_count", **labels) == 2
+    assert value(samples, "thermoml_job_duration_seconds_sum", **labels) == pytest.approx(
+        8, abs=0.01
+    )
+    speed = value(samples, "thermoml_running_job_steps_per_second", kind="cooling")
+    assert speed == pytest.approx(20, rel=0.1)
 
 
 @pytest.fixture
