@@ -4,7 +4,9 @@ Each worker's main process writes `thermoml:worker:<node name>` every
 `worker_heartbeat_interval` seconds: its queues, pid, the jobs it is running and when it wrote,
 with a time to live of three intervals, so a worker that dies silently disappears by itself and
 one that stops cleanly (or that `thermoml up` saw die) is deleted at once. The API reads the
-keys for `/readyz` (a queue with queued jobs and no live worker) and `/metrics`.
+keys for `/readyz` (a queue with queued jobs and no live worker), `/metrics` and the dashboard,
+which shows each live worker with the job it is running (read from the database: the heartbeat's
+job list may be an interval old, and names jobs of every tenant).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from service.config import Settings
 from service.db.tables import Job
+from service.db.tenancy import Scope
 
 KEY_PREFIX = "thermoml:worker:"
 MISSED_BEATS = 3  # a worker silent for this many intervals is gone
@@ -108,6 +111,34 @@ def workers_per_queue(workers: Iterable[WorkerBeat], queues: Iterable[str]) -> d
         for queue in worker.queues:
             counts[queue] = counts.get(queue, 0) + 1
     return counts
+
+
+@dataclass(frozen=True)
+class CurrentJob:
+    """A job a worker is running; `id` and `kind` are None when the caller's scope does not
+    reach it (another tenant's job: the worker is busy, with what is not said)."""
+
+    id: str | None
+    kind: str | None
+
+
+def running_on(session: Session, names: Iterable[str], scope: Scope) -> dict[str, list[CurrentJob]]:
+    """The jobs each of the workers `names` runs now, oldest first, as `scope` may see them."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    rows = session.execute(
+        select(Job.worker, Job.id, Job.kind, Job.tenant)
+        .where(Job.status == "running", Job.worker.in_(names))
+        .order_by(Job.started_at, Job.id)
+    ).all()
+    found: dict[str, list[CurrentJob]] = {}
+    for worker, job_id, kind, tenant in rows:
+        seen = scope.reaches(tenant)
+        found.setdefault(str(worker), []).append(
+            CurrentJob(id=job_id if seen else None, kind=kind if seen else None)
+        )
+    return found
 
 
 def queued_jobs(session: Session) -> dict[str, int]:

@@ -1,14 +1,18 @@
 """The dashboard: server-rendered pages over the same data as the API, no external assets.
 
 `/` jobs, `/jobs/{id}` one job (its plots follow the job live through its event stream),
-`/models` and `/models/{ref}` (evaluation and pictures); `/static/*` serves the page assets.
+`/models` and `/models/{ref}` (evaluation and pictures), `/workers` the live workers (also a
+section of `/`); `/static/*` serves the page assets.
 The lists show the signed-in key's own tenant (an admin key's too: the API's `?tenant=` lists
-others); a page of another tenant's object is a 404 unless the key is an admin's.
+others); a page of another tenant's object is a 404 unless the key is an admin's. A worker
+running another tenant's job shows as busy, without the job's id or kind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal
@@ -16,8 +20,12 @@ from typing import Any, Literal
 import jinja2
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.orm import Session
 
-from service.api.deps import PageDep, PrincipalDep, SessionDep
+from service import workers_seen
+from service.api.deps import PageDep, PrincipalDep, SessionDep, SettingsDep
+from service.auth import Principal
+from service.config import Settings
 from service.db import jobs as job_repo
 from service.db import metrics as metric_repo
 from service.db import models as model_repo
@@ -27,6 +35,7 @@ from service.events import ID_SCALE
 from service.schemas.jobs import job_out
 from service.schemas.models import model_out
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 STATIC_TYPES = {
@@ -52,6 +61,7 @@ def _templates() -> jinja2.Environment:
     env.filters["progress_text"] = _progress_text
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     env.filters["number"] = _number
+    env.filters["seconds_ago"] = _seconds_ago
     return env
 
 
@@ -65,6 +75,10 @@ def _number(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return json.dumps(value, default=str) if isinstance(value, dict | list) else str(value)
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _seconds_ago(seconds: float) -> str:
+    return f"{seconds:.0f} s ago" if seconds >= 10 else f"{seconds:.1f} s ago"
 
 
 def _progress_text(progress: dict[str, Any] | None) -> str:
@@ -88,11 +102,33 @@ def _not_found(exc: ServiceError) -> HTMLResponse:
     return _page("not_found.html", 404, title="Not found", message=exc.message)
 
 
+def _workers(settings: Settings, session: Session, principal: Principal) -> dict[str, Any]:
+    """The live workers (from their heartbeats) and what each runs now (from the database)."""
+    try:
+        beats = workers_seen.live_workers(settings)
+    except Exception as exc:  # no Redis broker, or it is down: /readyz says which
+        log.debug("dashboard: workers unavailable: %s", exc)
+        return {"known": False, "rows": []}
+    running = workers_seen.running_on(session, [b.name for b in beats], principal.scope)
+    now = time.time()
+    rows = [
+        {
+            "name": beat.name,
+            "queues": beat.queues,
+            "age": beat.age(now),
+            "jobs": running.get(beat.name, []),
+        }
+        for beat in sorted(beats, key=lambda b: b.name)
+    ]
+    return {"known": True, "rows": rows}
+
+
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(
     session: SessionDep,
     page: PageDep,
     principal: PrincipalDep,
+    settings: SettingsDep,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
     kind: str | None = None,
 ) -> HTMLResponse:
@@ -112,7 +148,16 @@ def jobs_page(
         kind=kind,
         next_cursor=next_cursor,
         api_query=query,
+        workers=_workers(settings, session, principal),
     )
+
+
+@router.get("/workers", response_class=HTMLResponse)
+def workers_page(
+    session: SessionDep, principal: PrincipalDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The live workers: queues, last heartbeat, the job each runs (the caller's tenant's)."""
+    return _page("workers.html", title="Workers", workers=_workers(settings, session, principal))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -1,4 +1,5 @@
-// thermoml dashboard: the job list refreshes from the API; a job page follows its event stream.
+// thermoml dashboard: the job list refreshes from the API, the workers' section from /workers;
+// a job page follows its event stream.
 "use strict";
 const thermoml = (() => {
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -63,6 +64,23 @@ const thermoml = (() => {
           el("td", { class: "muted" }, when(job.created_at)),
           el("td", {}, job.model_id ? el("a", { href: `/models/${job.model_id}` }, "model") : ""))));
       } catch (err) { /* the server may be restarting: try again at the next tick */ }
+    }
+    setInterval(refresh, 3000);
+    workerList();
+  }
+
+  // --- the workers' section: the server renders it (scoped to the caller's tenant) ------------
+  function workerList() {
+    async function refresh() {
+      const section = document.getElementById("workers");
+      if (!section || document.hidden) return;
+      try {
+        const answer = await fetch("/workers", { headers: { Accept: "text/html" } });
+        if (!answer.ok) return;
+        const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+        const fresh = page.getElementById("workers");
+        if (fresh) section.replaceWith(document.importNode(fresh, true));
+      } catch (err) { /* try again at the next tick */ }
     }
     setInterval(refresh, 3000);
   }
@@ -151,5 +169,5 @@ const thermoml = (() => {
     });
   }
 
-  return { jobList, jobPage };
+  return { jobList, jobPage, workerList };
 })();
