@@ -1,3 +1,3 @@
 """Autoencoders and variational autoencoders, and the anomaly scoring they serve."""
 
-KIND_MODULES: tuple[str, ...] = ("autoencoder", "vae", "detector")
+KIND_MODULES: tuple[str, ...] = ("autoencoder", "vae", "detector", "comparison")
