@@ -1,7 +1,9 @@
 """Property-based tests of every operation from the OpenAPI schema (Schemathesis).
 
 The in-process app over a SQLite database in a temporary folder; published jobs are recorded,
-not run. Twice: with auth disabled, and with `THERMOML_AUTH=required` and an admin key. Every
+not run. Three times: with auth disabled; with `THERMOML_AUTH=required` and an admin key; and
+with `THERMOML_AUTH=required` and a non-admin key of another tenant, so that the tenant-scoped
+paths (lists, reads and writes that must not reach the admin's tenant) are fuzzed too. Every
 generated request must be answered without a server error (5xx) and by a response that
 conforms to the schema. Bounded: a few examples per operation and phase.
 """
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MAX_EXAMPLES = 20  # fuzzed cases per operation; the examples and coverage phases add more
 CHECKS = [not_a_server_error, response_schema_conformance]
 CASES: Counter[str] = Counter()
-STATUSES: dict[str, Counter[int]] = {"open": Counter(), "auth": Counter()}
+STATUSES: dict[str, Counter[int]] = {"open": Counter(), "auth": Counter(), "tenant": Counter()}
 
 
 def make_app(folder: Path, auth: str) -> Any:
@@ -59,12 +61,12 @@ OPEN_APP = make_app(ROOT / "open", "disabled")
 AUTH_APP = make_app(ROOT / "auth", "required")
 open_api = schemathesis.openapi.from_asgi("/openapi.json", OPEN_APP)
 auth_api = schemathesis.openapi.from_asgi("/openapi.json", AUTH_APP)
-ADMIN: dict[str, str] = {}
+KEYS: dict[str, str] = {}  # "admin" (tenant `default`) and "tenant" (tenant `acme`)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def databases() -> Iterator[None]:
-    """Migrate both databases, make the admin key, and add a few jobs for the fuzzer to meet."""
+    """Migrate both databases, make the two keys, and add a few jobs for the fuzzer to meet."""
     from fastapi.testclient import TestClient
 
     from migrations import upgrade
@@ -73,20 +75,24 @@ def databases() -> Iterator[None]:
     for app in (OPEN_APP, AUTH_APP):
         upgrade(app.state.settings.resolved_database_url)
     with AUTH_APP.state.sessions.begin() as session:
-        _, ADMIN["secret"] = key_repo.create(session, scopes=["admin"], name="schemathesis")
-    for app, headers in ((OPEN_APP, {}), (AUTH_APP, admin_headers())):
+        _, KEYS["admin"] = key_repo.create(session, scopes=["admin"], name="schemathesis")
+        _, KEYS["tenant"] = key_repo.create(
+            session, scopes=["read", "train", "infer"], name="schemathesis-acme", tenant="acme"
+        )
+    seeds = ((OPEN_APP, {}), (AUTH_APP, headers("admin")), (AUTH_APP, headers("tenant")))
+    for app, auth in seeds:
         with TestClient(app) as client:
             for i in range(3):
                 spec = {"kind": "cooling", "name": f"seed-{i}", "params": {"method": "rk4"}}
-                assert client.post("/v1/jobs", json=spec, headers=headers).status_code == 202
+                assert client.post("/v1/jobs", json=spec, headers=auth).status_code == 202
     yield
     for app in (OPEN_APP, AUTH_APP):
         app.state.engine.dispose()
     shutil.rmtree(ROOT, ignore_errors=True)
 
 
-def admin_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {ADMIN['secret']}"}
+def headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[key]}"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,6 +129,14 @@ def test_every_operation_with_auth_disabled(case: Any) -> None:
 @auth_api.parametrize()
 @HYPOTHESIS
 def test_every_operation_with_an_admin_key(case: Any) -> None:
-    response = case.call_and_validate(headers=admin_headers(), checks=CHECKS)
+    response = case.call_and_validate(headers=headers("admin"), checks=CHECKS)
     CASES["auth_required_admin_key"] += 1
     STATUSES["auth"][response.status_code] += 1
+
+
+@auth_api.parametrize()
+@HYPOTHESIS
+def test_every_operation_with_a_tenant_key(case: Any) -> None:
+    response = case.call_and_validate(headers=headers("tenant"), checks=CHECKS)
+    CASES["auth_required_tenant_key"] += 1
+    STATUSES["tenant"][response.status_code] += 1
