@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import tensorflow as tf
 
-from ml.core.optimizers import build_optimizer
+from ml.core.optimizers import build_optimizer, heavy_ball_form
+from ml.core.telemetry import THETA_MEAN_DECAY
 from ml.core.training_config import TrainingConfig
 
 # Replica r > 0 of a data-parallel step draws its randomness from seeds shifted by r times this.
@@ -44,6 +45,12 @@ def _sqnorm(tensors: list[tf.Tensor]) -> tf.Tensor:
     return tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors])
 
 
+def _weighted_sqnorm(weights: list[tf.Tensor], tensors: list[tf.Tensor]) -> tf.Tensor:
+    return tf.add_n(
+        [tf.reduce_sum(w * tf.square(t)) for w, t in zip(weights, tensors, strict=True)]
+    )
+
+
 class TrainingSteps:
     """An objective's variables and optimizer, and the compiled steps that update them."""
 
@@ -69,6 +76,11 @@ class TrainingSteps:
         self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.loss_count = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.extra_sums: dict[str, tf.Variable] = {}
+        # θ̄ (an EMA over measuring points, bias-corrected by its weight) for the virial.
+        self.theta_mean = [
+            tf.Variable(tf.zeros(v.shape, tf.float32), trainable=False) for v in self.variables
+        ]
+        self.theta_mean_weight = tf.Variable(0.0, dtype=tf.float32, trainable=False)
         self._restored_extras: dict[str, float] = {}
         # Built under a MirroredStrategy's scope (see `job_devices`), the plain steps run on
         # every replica; measuring and evaluating steps run on the first one with the full batch.
@@ -201,11 +213,11 @@ class TrainingSteps:
 
     def _micro_gradients(
         self, x: tf.Tensor
-    ) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor, tf.Tensor, dict[str, tf.Tensor]]:
-        """Per micro-batch gradients of a measuring step, summed: Σg, Σ|g|², Σ loss before the
-        update (with and without weight decay), Σ extras."""
+    ) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor, tf.Tensor, dict[str, tf.Tensor]]:
+        """Per micro-batch gradients of a measuring step, summed: Σg, Σg² (per coordinate),
+        Σ loss before the update (with and without weight decay), Σ extras."""
         grad_sum = [tf.zeros_like(v) for v in self.variables]
-        sq_sum = tf.constant(0.0)
+        sq_sum = [tf.zeros_like(v) for v in self.variables]
         before = tf.constant(0.0)
         plain = tf.constant(0.0)
         extras_sum: dict[str, tf.Tensor] = {}
@@ -214,7 +226,7 @@ class TrainingSteps:
                 loss, total, extras = self._loss(part, self._seed(k + 1))
             grads = tape.gradient(total, self.variables)
             grad_sum = [a + g for a, g in zip(grad_sum, grads, strict=True)]
-            sq_sum += _sqnorm(grads)
+            sq_sum = [a + tf.square(g) for a, g in zip(sq_sum, grads, strict=True)]
             before += total
             plain += loss
             for name, value in extras.items():
@@ -237,15 +249,33 @@ class TrainingSteps:
         out = self.strategy.run(fn, args=args)
         return tf.nest.map_structure(lambda v: self.strategy.experimental_local_results(v)[0], out)
 
+    def _centered_virial(self, g_batch: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """(θ − θ̄)·g with θ̄ from earlier measuring points, whether θ̄ had any, and θ̄ ← θ."""
+        weight = self.theta_mean_weight
+        scale = 1.0 / tf.maximum(weight, 1e-30)
+        virial = tf.add_n(
+            [
+                tf.reduce_sum((v - m * scale) * g)
+                for v, m, g in zip(self.variables, self.theta_mean, g_batch, strict=True)
+            ]
+        )
+        a = THETA_MEAN_DECAY
+        for v, m in zip(self.variables, self.theta_mean, strict=True):
+            m.assign(a * m + (1.0 - a) * tf.cast(v, tf.float32))
+        centered = weight > 0
+        weight.assign(a * weight + (1.0 - a))
+        return virial, centered
+
     def _measuring_step(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         grad_sum, sq_sum, before, plain, extras_sum = self._on_replicas(self._micro_gradients, x)
         k_float = float(self.micro)
         g_batch = [g / k_float for g in grad_sum]
-        theta = _flat(self.variables)
+        virial, centered = self._centered_virial(g_batch)
         out = {
-            "micro_sqnorm_mean": sq_sum / k_float,
+            "micro_sqnorm_mean": tf.add_n([tf.reduce_sum(s) for s in sq_sum]) / k_float,
             "batch_sqnorm": _sqnorm(g_batch),
-            "theta_dot_grad": tf.reduce_sum(theta * _flat(g_batch)),
+            "theta_dot_grad": virial,
+            "centered": centered,
             "lr": tf.cast(self.optimizer.learning_rate, tf.float32),
         }
         self._apply(g_batch)
@@ -253,13 +283,17 @@ class TrainingSteps:
         if self.config.telemetry.heat:
             out["heat"] = (before - self._on_replicas(self._micro_losses, x)) / k_float
         self.step_var.assign_add(1)
-        momentums = getattr(self.optimizer, "momentums", None)
-        if self.config.optimizer.name in ("sgd", "sgld"):
-            if momentums and self.config.optimizer.momentum > 0:
-                # Keras keeps u <- μu − ηg; the buffer of v <- μv + g is v = −u/η.
-                out["velocity_sqnorm"] = _sqnorm(list(momentums)) / tf.square(out["lr"])
-            else:
-                out["velocity_sqnorm"] = out["batch_sqnorm"]
+        # The update as preconditioned heavy-ball SGD, from the optimizer's state after it.
+        p, buffer, out["step_rate"] = heavy_ball_form(self.optimizer, g_batch, out["lr"])
+        if p is None:
+            out["precond_micro_sqnorm_mean"] = out["micro_sqnorm_mean"]
+            out["precond_batch_sqnorm"] = out["batch_sqnorm"]
+            out["velocity_sqnorm"] = _sqnorm(buffer)
+        else:
+            weighted = tf.add_n([tf.reduce_sum(w * s) for w, s in zip(p, sq_sum, strict=True)])
+            out["precond_micro_sqnorm_mean"] = weighted / k_float
+            out["precond_batch_sqnorm"] = _weighted_sqnorm(p, g_batch)
+            out["velocity_sqnorm"] = _weighted_sqnorm(p, buffer)
         out["theta_sample"] = tf.gather(_flat(self.variables), self.sample_index)
         self._accumulate(plain / k_float, {n: v / k_float for n, v in extras_sum.items()})
         # Hand over the window's means and start a new window, inside the graph: one sync.

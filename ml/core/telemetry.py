@@ -1,10 +1,12 @@
 """Thermodynamic training telemetry (THERMODYNAMICS.md section A), in plain NumPy.
 
-The training loop measures raw quantities on a telemetry step (micro-batch gradient norms,
-θ·g, the momentum buffer, the two-pass heat, a sample of the parameters) and hands them to
+The training loop measures raw quantities on a telemetry step (micro-batch gradient norms, plain
+and weighted by the optimizer's preconditioner P, (θ − θ̄)·g, the heavy-ball buffer, the two-pass
+heat, a sample of the parameters) and hands them to
 :class:`Thermometer`, which keeps numerators and denominators as separate bias-corrected
 exponential moving averages and divides only when it reports. Units: k_B = 1, energies in the
-units of the training loss (a mean over the batch of the per-example loss).
+units of the training loss (a mean over the batch of the per-example loss). Every optimizer is
+read as preconditioned heavy-ball SGD; docs/thermodynamics.md derives each formula.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MOMENTUM_OPTIMIZERS = frozenset({"sgd", "sgld"})
+# θ̄, the running mean of θ that `temperature_virial` and `fdr_ratio` centre on: an EMA over
+# measuring points, kept in the training graph (it is as large as θ).
+THETA_MEAN_DECAY = 0.9
 
 
 def gradient_noise_parts(
@@ -41,7 +45,9 @@ def nominal_temperature(learning_rate: float, batch_size: int) -> float:
 def noise_temperature(
     learning_rate: float, momentum: float, batch_size: int, trace_sigma: float, n_params: int
 ) -> float:
-    """(η_eff / 2B) tr Σ / d with η_eff = η / (1 − μ) (Mandt, Hoffman & Blei 2017)."""
+    """(η_eff / 2B) tr Σ / d with η_eff = η / (1 − μ) (Mandt, Hoffman & Blei 2017).
+
+    For a preconditioned optimizer pass its rate α and tr(PΣ) = Σ_i P_i Σ_ii."""
     return learning_rate / (1.0 - momentum) / (2.0 * batch_size) * trace_sigma / n_params
 
 
@@ -107,7 +113,11 @@ class WeightEntropy:
 
 @dataclass
 class Measurement:
-    """Raw quantities of one telemetry step (all floats on the host)."""
+    """Raw quantities of one telemetry step (all floats on the host).
+
+    Every optimizer is read as preconditioned heavy-ball SGD, v ← μv + g, θ ← θ − α P v
+    (docs/thermodynamics.md): the `precond_*` norms weight each coordinate by P_i (None: P = 1),
+    `velocity_sqnorm` is vᵀPv and `step_rate` is α (None: the learning rate)."""
 
     step: int
     learning_rate: float
@@ -115,12 +125,16 @@ class Measurement:
     micro_size: int
     micro_sqnorm_mean: float  # S_b
     batch_sqnorm: float  # |g_B|²
-    theta_dot_grad: float  # θ · g_B, weight decay included in g
-    velocity_sqnorm: float | None  # |v|² of the momentum buffer; None when undefined (Adam)
+    theta_dot_grad: float  # (θ − θ̄) · g_B, weight decay included in g
+    velocity_sqnorm: float | None  # vᵀPv of the heavy-ball buffer; None when not measured
     heat: float | None  # L_B(θ_t) − L_B(θ_{t+1}), same batch and random draws
     internal_energy: float  # window mean of the mini-batch loss
     theta_sample: np.ndarray
     injected_temperature: float | None = None  # SGLD's T
+    precond_micro_sqnorm_mean: float | None = None  # mean_k g_kᵀ P g_k
+    precond_batch_sqnorm: float | None = None  # g_Bᵀ P g_B
+    step_rate: float | None = None  # α
+    centered: bool = True  # False while θ̄ has no sample yet: theta_dot_grad is then unusable
 
 
 class Thermometer:
@@ -137,10 +151,11 @@ class Thermometer:
         decay: float = 0.9,
     ) -> None:
         self.optimizer = optimizer
-        self.momentum = momentum if optimizer in MOMENTUM_OPTIMIZERS else 0.0
+        self.momentum = momentum  # μ of the heavy-ball form (adam: β₁; rmsprop: 0)
         self.dampening = dampening
         self.n_params = n_params
-        self.g_sq, self.trace = Ema(decay), Ema(decay)
+        self.g_sq, self.trace, self.p_trace = Ema(decay), Ema(decay), Ema(decay)
+        self.batch_sq = Ema(decay)
         self.virial, self.velocity, self.heat = Ema(decay), Ema(decay), Ema(decay)
         self.entropy = WeightEntropy(n_params, sampled)
         self.entropy_origin: float | None = None
@@ -149,6 +164,8 @@ class Thermometer:
         return {
             "g_sq": self.g_sq,
             "trace": self.trace,
+            "p_trace": self.p_trace,
+            "batch_sq": self.batch_sq,
             "virial": self.virial,
             "velocity": self.velocity,
             "heat": self.heat,
@@ -169,7 +186,8 @@ class Thermometer:
 
     def restore(self, scalars: dict[str, object], arrays: dict[str, np.ndarray]) -> None:
         for name, ema in self._emas().items():
-            ema.value, ema.weight = (float(x) for x in scalars[name])  # type: ignore[attr-defined]
+            if name in scalars:  # a checkpoint written before an average existed starts it afresh
+                ema.value, ema.weight = (float(x) for x in scalars[name])  # type: ignore[attr-defined]
         self.entropy.restore(
             {
                 "count": scalars["entropy_count"],
@@ -179,13 +197,23 @@ class Thermometer:
         origin = scalars.get("entropy_origin")
         self.entropy_origin = None if origin is None else float(origin)  # type: ignore[arg-type]
 
-    def update(self, m: Measurement) -> dict[str, float | None]:
+    def _accumulate(self, m: Measurement) -> float | None:
+        """Feed the averages; the weight entropy of this step."""
         g_sq, trace = gradient_noise_parts(
             m.micro_sqnorm_mean, m.batch_sqnorm, m.batch_size, m.micro_size
         )
         self.g_sq.update(g_sq)
         self.trace.update(trace)
-        self.virial.update(m.theta_dot_grad)
+        self.batch_sq.update(m.batch_sqnorm)
+        if m.precond_micro_sqnorm_mean is not None and m.precond_batch_sqnorm is not None:
+            p_trace = gradient_noise_parts(
+                m.precond_micro_sqnorm_mean, m.precond_batch_sqnorm, m.batch_size, m.micro_size
+            )[1]
+        else:
+            p_trace = trace
+        self.p_trace.update(p_trace)
+        if m.centered:
+            self.virial.update(m.theta_dot_grad)
         if m.velocity_sqnorm is not None:
             self.velocity.update(m.velocity_sqnorm)
         if m.heat is not None:
@@ -193,52 +221,69 @@ class Thermometer:
         entropy = self.entropy.update(m.theta_sample)
         if entropy is not None and self.entropy_origin is None:
             self.entropy_origin = entropy
+        return entropy
 
-        d = self.n_params
+    def _noise_scale(self) -> tuple[float | None, float]:
+        """B_simple = tr Σ / |G|², or, when the |G|² estimate is not positive, the lower bound
+        tr Σ / E|g_B|² (E|g_B|² = |G|² + tr Σ / B ≥ |G|²), flagged 1."""
+        g_mean, trace_mean, batch_sq = self.g_sq.mean, self.trace.mean, self.batch_sq.mean
+        if g_mean is None or trace_mean is None:
+            return None, 0.0
+        if g_mean > 0 and trace_mean > 0:
+            return trace_mean / g_mean, 0.0
+        if batch_sq is None or batch_sq <= 0:
+            return None, 1.0
+        return max(trace_mean, 0.0) / batch_sq, 1.0
+
+    def update(self, m: Measurement) -> dict[str, float | None]:
+        entropy = self._accumulate(m)
+        d, mu = self.n_params, self.momentum
+        rate = m.learning_rate if m.step_rate is None else m.step_rate
         out: dict[str, float | None] = {
             "internal_energy": m.internal_energy,
             "lr": m.learning_rate,
             "temperature_nominal": nominal_temperature(m.learning_rate, m.batch_size),
         }
-        g_mean, trace_mean = self.g_sq.mean, self.trace.mean
-        out["grad_noise_scale"] = (
-            trace_mean / g_mean if g_mean is not None and trace_mean and g_mean > 0 else None
-        )
-        sgd_like = self.optimizer in MOMENTUM_OPTIMIZERS
+        out["grad_noise_scale"], out["grad_noise_scale_lower_bound"] = self._noise_scale()
+        p_trace = self.p_trace.mean
         t_noise = (
-            noise_temperature(m.learning_rate, self.momentum, m.batch_size, trace_mean, d)
-            if sgd_like and trace_mean is not None
-            else None
+            noise_temperature(rate, mu, m.batch_size, p_trace, d) if p_trace is not None else None
         )
         out["temperature_noise"] = t_noise
-        t_virial = (self.virial.mean or 0.0) / d
+        virial = self.virial.mean
+        t_virial = virial / d if virial is not None else None
         out["temperature_virial"] = t_virial
         if m.injected_temperature is not None:
             out["temperature_injected"] = m.injected_temperature
         velocity = self.velocity.mean
-        if sgd_like and velocity:
-            scale = (m.learning_rate / 2) * (1 + self.momentum) / (1 - self.dampening)
-            out["fdr_ratio"] = (self.virial.mean or 0.0) / (scale * velocity)
-        else:
-            out["fdr_ratio"] = None
+        scale = (rate / 2) * (1 + mu) / (1 - self.dampening)
+        usable_fdr = virial is not None and velocity is not None and velocity > 0
+        out["fdr_ratio"] = virial / (scale * velocity) if usable_fdr else None  # type: ignore[operator]
         delta_s = (
             entropy - self.entropy_origin
             if entropy is not None and self.entropy_origin is not None
             else None
         )
         out["weight_entropy"] = delta_s
-        temperature = t_noise if t_noise is not None else t_virial
+        temperature = _positive(t_noise) or _positive(t_virial)
+        reference = t_noise if t_noise is not None else t_virial
         out["free_energy"] = (
-            m.internal_energy - temperature * delta_s if delta_s is not None else None
+            m.internal_energy - reference * delta_s
+            if delta_s is not None and reference is not None
+            else None
         )
         heat = self.heat.mean
         out["heat"] = heat
-        usable = temperature is not None and temperature > 0 and heat is not None
+        usable = temperature is not None and heat is not None
         out["entropy_production"] = heat / temperature if usable else None  # type: ignore[operator]
-        if usable and sgd_like and trace_mean is not None:
-            eta_eff = m.learning_rate / (1 - self.momentum)
-            excess = heat - eta_eff * trace_mean / m.batch_size  # type: ignore[operator]
+        if usable and p_trace is not None:
+            # ⟨Q⟩ = α tr(PΣ)/B at stationarity for every heavy-ball form (docs/thermodynamics.md).
+            excess = heat - rate * p_trace / m.batch_size  # type: ignore[operator]
             out["entropy_production_excess"] = excess / temperature  # type: ignore[operator]
         else:
             out["entropy_production_excess"] = None
         return out
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and value > 0 else None

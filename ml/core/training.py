@@ -28,6 +28,7 @@ from ml.core.devices import MIXED_POLICY, device_name, job_devices
 from ml.core.optimizers import (
     build_optimizer,
     configure_determinism,
+    heavy_ball_momentum,
     learning_rate_schedule,
     sgld_temperature,
 )
@@ -183,7 +184,7 @@ class Trainer(TrainingSteps):
         opt = config.optimizer
         self.thermometer = Thermometer(
             optimizer=opt.name,
-            momentum=opt.momentum,
+            momentum=heavy_ball_momentum(opt),
             n_params=self.n_params,
             sampled=int(self.sample_index.shape[0]),
         )
@@ -221,11 +222,15 @@ class Trainer(TrainingSteps):
             micro_sqnorm_mean=float(host["micro_sqnorm_mean"]),
             batch_sqnorm=float(host["batch_sqnorm"]),
             theta_dot_grad=float(host["theta_dot_grad"]),
-            velocity_sqnorm=float(host["velocity_sqnorm"]) if "velocity_sqnorm" in host else None,
+            velocity_sqnorm=float(host["velocity_sqnorm"]),
             heat=float(host["heat"]) if "heat" in host else None,
             internal_energy=loss,
             theta_sample=host["theta_sample"],
             injected_temperature=float(self.temperature_var.numpy()) if self.sgld else None,
+            precond_micro_sqnorm_mean=float(host["precond_micro_sqnorm_mean"]),
+            precond_batch_sqnorm=float(host["precond_batch_sqnorm"]),
+            step_rate=float(host["step_rate"]),
+            centered=bool(host["centered"]),
         )
         points: dict[str, float] = {
             k: (float("nan") if v is None else v)
@@ -350,6 +355,9 @@ class Trainer(TrainingSteps):
         values = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)}
         np.savez(folder / CHECKPOINT_OPTIMIZER, **values)
         thermo, thermo_arrays = self.thermometer.state()
+        for i, mean in enumerate(self.theta_mean):
+            thermo_arrays[f"theta_mean_{i}"] = np.asarray(mean.numpy())
+        thermo["theta_mean_weight"] = float(self.theta_mean_weight.numpy())
         np.savez(folder / CHECKPOINT_TELEMETRY, **thermo_arrays)
         state = {
             "epoch": epoch,
@@ -376,6 +384,10 @@ class Trainer(TrainingSteps):
         self.step_var.assign(int(state["step"]))
         with np.load(folder / CHECKPOINT_TELEMETRY, allow_pickle=False) as arrays:
             self.thermometer.restore(state["thermometer"], {k: arrays[k] for k in arrays.files})
+            if "theta_mean_weight" in state["thermometer"]:  # absent from older checkpoints
+                for i, mean in enumerate(self.theta_mean):
+                    mean.assign(arrays[f"theta_mean_{i}"])
+                self.theta_mean_weight.assign(state["thermometer"]["theta_mean_weight"])
         self.loss_sum.assign(state["window"][0])
         self.loss_count.assign(state["window"][1])
         self._restored_extras = state.get("window_extras", {})

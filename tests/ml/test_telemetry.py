@@ -215,18 +215,58 @@ def _measurement(step: int = 1, **overrides) -> Measurement:
     return Measurement(**values)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
-def test_thermometer_noise_temperature_and_fdr_undefined_for_adaptive_optimizers(optimizer):
-    thermometer = Thermometer(optimizer=optimizer, momentum=0.9, n_params=4, sampled=4)
+@pytest.mark.parametrize(("optimizer", "momentum"), [("adam", 0.9), ("rmsprop", 0.0)])
+def test_thermometer_temperatures_and_fdr_defined_for_adaptive_optimizers(optimizer, momentum):
+    thermometer = Thermometer(optimizer=optimizer, momentum=momentum, n_params=4, sampled=4)
+    rate = 0.1 * (1 - momentum) if momentum else 0.1  # adam: α = η(1 − β₁) late in a run
     for step in range(1, 6):
-        out = thermometer.update(_measurement(step, velocity_sqnorm=None))
-    assert out["temperature_noise"] is None
-    assert out["fdr_ratio"] is None
+        out = thermometer.update(
+            _measurement(
+                step,
+                precond_micro_sqnorm_mean=30.0,
+                precond_batch_sqnorm=12.0,
+                velocity_sqnorm=20.0,
+                step_rate=rate,
+            )
+        )
+    p_trace = gradient_noise_parts(30.0, 12.0, 16, 4)[1]
+    t_noise = rate / (1 - momentum) / 32 * p_trace / 4
+    assert out["temperature_noise"] == pytest.approx(t_noise, rel=1e-12)
+    assert out["fdr_ratio"] == pytest.approx(0.2 / (rate / 2 * (1 + momentum) * 20.0), rel=1e-12)
     assert out["temperature_virial"] == pytest.approx(0.2 / 4)
     assert out["temperature_nominal"] == pytest.approx(0.1 / 32)
-    # Without T_noise the free energy and entropy production use T_virial.
-    assert out["entropy_production"] == pytest.approx(0.01 / (0.2 / 4))
-    assert out["free_energy"] == pytest.approx(1.0 - 0.2 / 4 * out["weight_entropy"])
+    assert out["entropy_production"] == pytest.approx(0.01 / t_noise, rel=1e-12)
+    excess = (0.01 - rate * p_trace / 16) / t_noise
+    assert out["entropy_production_excess"] == pytest.approx(excess, rel=1e-12)
+    assert out["free_energy"] == pytest.approx(1.0 - t_noise * out["weight_entropy"])
+
+
+def test_thermometer_virial_waits_for_a_centre_and_t_virial_stands_in_for_t_noise() -> None:
+    thermometer = Thermometer(optimizer="sgd", momentum=0.0, n_params=4, sampled=4)
+    first = thermometer.update(_measurement(1, centered=False, theta_dot_grad=99.0))
+    assert first["temperature_virial"] is None and first["fdr_ratio"] is None
+    out = thermometer.update(_measurement(2))
+    assert out["temperature_virial"] == pytest.approx(0.2 / 4)  # the uncentred 99 is not in it
+    # A noise-trace estimate that is not positive leaves T_virial for the entropy production.
+    cold = Thermometer(optimizer="sgd", momentum=0.0, n_params=4, sampled=4)
+    out = cold.update(_measurement(1, micro_sqnorm_mean=1.0, batch_sqnorm=1.5))
+    assert out["temperature_noise"] < 0
+    assert out["entropy_production"] == pytest.approx(0.01 / (0.2 / 4), rel=1e-12)
+
+
+def test_grad_noise_scale_reports_its_lower_bound_when_the_g_estimate_is_not_positive() -> None:
+    # S_b = 3, |g_B|² = 0.5, B = 16, b = 4: |G|² ≈ (16·0.5 − 4·3)/12 < 0.
+    thermometer = Thermometer(optimizer="adam", momentum=0.9, n_params=4, sampled=4)
+    out = thermometer.update(_measurement(1, micro_sqnorm_mean=3.0, batch_sqnorm=0.5))
+    g_sq, trace = gradient_noise_parts(3.0, 0.5, 16, 4)
+    assert g_sq < 0 < trace
+    # E|g_B|² = |G|² + tr Σ / B ≥ |G|², so tr Σ / E|g_B|² ≤ B_simple.
+    assert out["grad_noise_scale"] == pytest.approx(trace / 0.5, rel=1e-12)
+    assert out["grad_noise_scale_lower_bound"] == 1.0
+    fine = Thermometer(optimizer="adam", momentum=0.9, n_params=4, sampled=4).update(
+        _measurement(1)
+    )
+    assert fine["grad_noise_scale_lower_bound"] == 0.0
 
 
 @pytest.mark.parametrize(("optimizer", "momentum"), [("sgd", 0.0), ("sgd", 0.9), ("sgld", 0.5)])

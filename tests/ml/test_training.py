@@ -142,8 +142,10 @@ def test_training_reduces_loss_and_records_points_at_the_telemetry_steps() -> No
     assert losses == pytest.approx(result.history["loss"])
     _, energy = reporter.series("internal_energy")
     assert energy[-1] < energy[0]
-    for name in ("temperature_nominal", "temperature_virial", "heat", "grad_noise_scale"):
+    for name in ("temperature_nominal", "heat", "grad_noise_scale", "temperature_noise"):
         assert all(math.isfinite(v) for v in reporter.series(name)[1]), name
+    virial = reporter.series("temperature_virial")[1]  # centred on θ̄ from the second point on
+    assert math.isnan(virial[0]) and all(math.isfinite(v) for v in virial[1:])
 
 
 def test_internal_energy_is_the_window_mean_of_the_data_loss_without_weight_decay() -> None:
@@ -210,16 +212,15 @@ def test_deterministic_runs_repeat_exactly(deterministic) -> None:
 # (d) ---------------------------------------------------------------------------------------
 
 
-def test_noise_temperature_is_null_for_adam_and_finite_for_sgd() -> None:
-    _, adam, _, _ = run(make_config(epochs=1, optimizer={"name": "adam"}))
-    _, sgd, _, _ = run(make_config(epochs=1, optimizer={"momentum": 0.9}))
-    adam_values = adam.series("temperature_noise")[1]
-    assert adam_values and all(math.isnan(v) for v in adam_values)
-    assert all(math.isnan(v) for v in adam.series("fdr_ratio")[1])
-    assert all(math.isfinite(v) for v in adam.series("temperature_virial")[1])
-    sgd_values = sgd.series("temperature_noise")[1]
-    assert sgd_values and all(math.isfinite(v) and v > 0 for v in sgd_values)
-    assert all(math.isfinite(v) for v in sgd.series("fdr_ratio")[1])
+@pytest.mark.parametrize(
+    "optimizer", [{"name": "adam"}, {"name": "rmsprop"}, {"name": "sgd", "momentum": 0.9}]
+)
+def test_noise_temperature_and_fdr_are_defined_for_every_optimizer(optimizer) -> None:
+    _, reporter, _, _ = run(make_config(epochs=1, optimizer=optimizer))
+    for name in ("temperature_noise", "fdr_ratio", "temperature_virial", "entropy_production"):
+        values = reporter.series(name)[1][1:]  # the first point has no θ̄ yet
+        assert values and all(math.isfinite(v) for v in values), (name, values)
+    assert all(v > 0 for v in reporter.series("temperature_noise")[1])
 
 
 # (e) ---------------------------------------------------------------------------------------
@@ -374,19 +375,59 @@ def test_measuring_step_matches_a_numpy_oracle() -> None:
         }
 
     velocity = np.zeros_like(theta)
+    centre, weight = np.zeros_like(theta), 0.0  # θ̄: an EMA (0.9) over measuring points
     for batch in (train[:BATCH], train[BATCH : 2 * BATCH]):
         want = oracle(batch, theta)
         got = {k: v.numpy() for k, v in trainer._measure_step(tf.constant(batch)).items()}
         velocity = mu * velocity + want["g"]  # v ← μv + g; Keras: u = −η v
         new_theta = theta - lr * velocity
-        for key in ("micro_sqnorm_mean", "batch_sqnorm", "theta_dot_grad"):
+        for key in ("micro_sqnorm_mean", "batch_sqnorm"):
             assert float(got[key]) == pytest.approx(want[key], rel=1e-5), key
+            assert float(got[f"precond_{key}"]) == pytest.approx(want[key], rel=1e-5)  # P = 1
+        deviation = theta - (centre / weight if weight else 0.0)
+        assert bool(got["centered"]) == (weight > 0)
+        assert float(got["theta_dot_grad"]) == pytest.approx(deviation @ want["g"], abs=1e-5)
+        centre, weight = 0.9 * centre + 0.1 * theta, 0.9 * weight + 0.1
+        assert float(got["step_rate"]) == pytest.approx(lr, rel=1e-6)
         assert float(got["velocity_sqnorm"]) == pytest.approx(velocity @ velocity, rel=1e-5)
         heat = want["total"](theta) - want["total"](new_theta)
         assert float(got["heat"]) == pytest.approx(heat, rel=1e-3)
         current = np.concatenate([objective.w.numpy(), [objective.b.numpy()]])
         np.testing.assert_allclose(current, new_theta, rtol=1e-5)
         theta = new_theta
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_measuring_step_reads_the_preconditioner_of_adaptive_optimizers(name: str) -> None:
+    lr, b1, b2, rho, eps = 0.05, 0.9, 0.999, 0.9, 1e-7
+    config = make_config(optimizer={"name": name, "learning_rate": lr})
+    trainer = Trainer(LinearObjective(), config, MemoryReporter())
+    train, _ = make_data()
+    theta = np.zeros(D + 1)
+    m = v = np.zeros(D + 1)
+    for t, batch in enumerate((train[:BATCH], train[BATCH : 2 * BATCH]), start=1):
+        feats = np.concatenate([batch[:, :D], np.ones((BATCH, 1))], axis=1).astype(np.float64)
+        micro = [
+            px.T @ (px @ theta - py) / len(py)
+            for px, py in zip(np.split(feats, MICRO), np.split(batch[:, D], MICRO), strict=True)
+        ]
+        g = np.mean(micro, axis=0)
+        got = {k: v.numpy() for k, v in trainer._measure_step(tf.constant(batch)).items()}
+        if name == "adam":  # Keras: θ −= η √(1 − β₂ᵗ)/(1 − β₁ᵗ) · m / (√v + ε)
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            p = math.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+            buffer, rate = m / (1 - b1), lr * (1 - b1) / (1 - b1**t)
+        else:  # Keras: θ −= η g / √(v + ε)
+            v = rho * v + (1 - rho) * g * g
+            p, buffer, rate = 1 / np.sqrt(v + eps), g, lr
+        theta = theta - rate * p * buffer
+        assert float(got["step_rate"]) == pytest.approx(rate, rel=1e-6)
+        assert float(got["precond_batch_sqnorm"]) == pytest.approx(p @ (g * g), rel=1e-4)
+        want = np.mean([p @ (q * q) for q in micro])
+        assert float(got["precond_micro_sqnorm_mean"]) == pytest.approx(want, rel=1e-4)
+        assert float(got["velocity_sqnorm"]) == pytest.approx(p @ (buffer**2), rel=1e-4)
+    current = np.concatenate([trainer.variables[0].numpy(), [trainer.variables[1].numpy()]])
+    np.testing.assert_allclose(current, theta, rtol=1e-4, atol=1e-6)
 
 
 def test_adam_takes_its_betas_and_other_optimizers_refuse_them() -> None:
