@@ -16,6 +16,11 @@ from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, Run
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.core.splits import split_indices
 from service import jobs as lifecycle
+
+# The API's job-spec body (`POST /v1/jobs`: its union of specs and its examples) is built from the
+# registry once, when its router is imported. Import it before `tiny` can be registered, so that
+# the test kind never becomes part of the API whatever order the tests run in.
+from service.api.routes import jobs as _jobs_router  # noqa: F401
 from service.db.base import new_id
 from service.db.tables import Job, Model
 from workers import runtime
@@ -65,8 +70,7 @@ def run_tiny(spec: TinySpec, reporter: Reporter, context: RunContext) -> RunOutc
     return RunOutcome(result={"rows": data.rows, "resumed_from": resumed}, model=model)
 
 
-@pytest.fixture
-def tiny() -> Iterator[None]:
+def register_tiny() -> None:
     registry.register_kind(
         name="tiny",
         spec=TinySpec,
@@ -74,8 +78,18 @@ def tiny() -> Iterator[None]:
         category="model",
         serves=frozenset({"encode"}),
     )(run_tiny)  # type: ignore[arg-type]
-    yield
+
+
+def unregister_tiny() -> None:
     registry._KINDS.pop("tiny", None)
+
+
+@pytest.fixture
+def tiny() -> Iterator[None]:
+    """`tiny` is a registered kind for the test, and is not once the test is over."""
+    register_tiny()
+    yield
+    unregister_tiny()
 
 
 def make_job(dataset: str | None = "builtin:moons", name: str = "tiny-model", **params: Any) -> str:
