@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -102,9 +104,11 @@ def _ours(name: str) -> str:
     return name if name in ("runtime", "dataset") else FIELD
 
 
-def member_spec(spec: ComparisonSpec, name: str) -> JobSpec:
+def member_spec(spec: Any, name: str, own: dict[str, Any] | None = None) -> JobSpec:
+    """The job spec of detector `name` inside `spec` (a comparison or an ensemble): its `own`
+    params, and the data, splits, seed and calibration of `spec`, which every member shares."""
     p = spec.params
-    params: dict[str, Any] = {key: getattr(p, key) for key in SHARED}
+    params: dict[str, Any] = {**(own or {}), **{key: getattr(p, key) for key in SHARED}}
     body: dict[str, Any] = {"dataset": spec.dataset, "preprocessing": spec.preprocessing}
     if name in DEEP:
         training = {"epochs": p.epochs, "seed": p.seed, "validation_split": p.validation_split}
@@ -199,33 +203,62 @@ def run_member(
     name: str, member: JobSpec, reporter: MemberReporter, context: RunContext, rows: np.ndarray
 ) -> tuple[dict[str, Any], np.ndarray, str]:
     """Train one detector as its kind does and score the held-out rows with the served model."""
-    kind = get_kind(member.kind)
     folder = context.workdir / "members" / name
-    sub = RunContext(folder / "work", folder / "checkpoint", context.dataset)
-    sub.workdir.mkdir(parents=True, exist_ok=True)
-    sub.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        outcome = kind.run(member, reporter, sub)
-        model = outcome.model
-        assert model is not None and kind.load is not None
-        meta = {
-            "input_shape": model.input_shape,
-            "preprocessing": model.preprocessing,
-            "calibration": model.calibration,
-            "capabilities": model.capabilities,
-        }
-        scores = np.asarray(kind.load(model.files, meta).run("score", rows)["scores"], np.float64)
+        trained = train_member(member, reporter, folder, context)
+        scores = trained.score(rows)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     record = {
         "detector": name,
         "kind": member.kind,
         "seconds": time.perf_counter() - started,
-        "threshold": float(model.calibration["threshold"]),
-        "calibration_rows": int(model.calibration["calibration_rows"]),
+        "threshold": float(trained.model.calibration["threshold"]),
+        "calibration_rows": int(trained.model.calibration["calibration_rows"]),
     }
-    return record, scores, outcome.device
+    return record, scores, trained.device
+
+
+@dataclass
+class Trained:
+    """A member trained as its kind trains it: its model (files under the member's folder),
+    that model loaded as it is served, and the device it ran on."""
+
+    model: ModelOutcome
+    servable: Any
+    device: str
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return model_meta(self.model)
+
+    def score(self, raw_rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.servable.run("score", raw_rows)["scores"], np.float64)
+
+
+def model_meta(model: ModelOutcome) -> dict[str, Any]:
+    """What a servable reads from the models row, for a model not stored yet."""
+    return {
+        "input_shape": model.input_shape,
+        "preprocessing": model.preprocessing,
+        "calibration": model.calibration,
+        "capabilities": model.capabilities,
+    }
+
+
+def train_member(
+    member: JobSpec, reporter: MemberReporter, folder: Path, context: RunContext
+) -> Trained:
+    kind = get_kind(member.kind)
+    sub = RunContext(folder / "work", folder / "checkpoint", context.dataset)
+    sub.workdir.mkdir(parents=True, exist_ok=True)
+    sub.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    outcome = kind.run(member, reporter, sub)
+    model = outcome.model
+    if model is None or kind.load is None or "score" not in model.capabilities:
+        raise JobFailed("invalid_data", f"kind {member.kind} trained no model that scores")
+    return Trained(model, kind.load(model.files, model_meta(model)), outcome.device)
 
 
 def summary(records: list[dict[str, Any]], labelled: bool, rows: int) -> dict[str, Any]:
