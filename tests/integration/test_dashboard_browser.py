@@ -197,6 +197,13 @@ def test_the_dashboard_follows_a_job_live(chromium: DevTools, thermoml_up: str) 
 
         # The live job's page: its plot loads, then progress and plot follow the event stream.
         wait_for(lambda: api.get(f"/v1/jobs/{live['id']}").json()["status"] == "running", 30, "run")
+        # Meanwhile the job list's Workers section, refreshed in place, links the running job.
+        current = f"#workers a.current-job[href='/jobs/{live['id']}']"
+        chromium.wait_for(
+            f"document.querySelector({json.dumps(current)}) !== null",
+            20,
+            "the worker's current job in the Workers section",
+        )
         chromium.open(f"{base}/jobs/{live['id']}")
         chromium.wait_for(
             "document.getElementById('plot').complete && "
