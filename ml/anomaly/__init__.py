@@ -1,3 +1,4 @@
-"""Autoencoders and variational autoencoders, and the anomaly scoring they serve."""
+"""Anomaly detection: autoencoders and VAEs, the classical detectors, their comparison and
+ensembles, and the anomaly scoring they serve."""
 
-KIND_MODULES: tuple[str, ...] = ("autoencoder", "vae", "detector", "comparison")
+KIND_MODULES: tuple[str, ...] = ("autoencoder", "vae", "detector", "comparison", "ensemble")

@@ -94,14 +94,15 @@ class ComparisonSpec(JobSpec):
             return None
         worst, estimate = max(known, key=lambda e: e.total_memory), SizeEstimate()
         for name, count in worst.parameters.items():
-            estimate.add_parameters(_ours(name), count)
+            estimate.add_parameters(own_field(name), count)
         for name, size in worst.memory.items():
-            estimate.add_memory(_ours(name), size)
+            estimate.add_memory(own_field(name), size)
         return estimate
 
 
-def _ours(name: str) -> str:
-    return name if name in ("runtime", "dataset") else FIELD
+def own_field(name: str, field: str = FIELD) -> str:
+    """A member's size field as the composite's: `field`, but for the shared runtime and data."""
+    return name if name in ("runtime", "dataset") else field
 
 
 def member_spec(spec: Any, name: str, own: dict[str, Any] | None = None) -> JobSpec:

@@ -1,0 +1,190 @@
+"""Kind `ensemble`: several anomaly detectors trained in one job on the same rows (each as its
+own kind trains it), their scores standardised on the held-out normal rows and combined into one
+score with one calibrated threshold, served like any detector (`ml.anomaly.ensemble_model`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from ml.anomaly.autoencoder import AnomalyThreshold
+from ml.anomaly.comparison import Detector as DetectorName
+from ml.anomaly.comparison import MemberReporter, member_spec, own_field, train_member
+from ml.anomaly.scoring import evaluate, threshold
+from ml.core.registry import register_kind
+from ml.core.reporting import CPU, JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.sizing import SizeEstimate
+from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
+from ml.reduction import shared as reduction
+from ml.reduction.pca import split
+
+MIN_CALIBRATION_ROWS = 8
+FIELD = "params.members"
+
+
+class Member(StrictModel):
+    detector: DetectorName = Field(
+        description="A `detector` method, `pca`, `autoencoder` or `vae`."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The member kind's own params (e.g. `n_estimators`, `hidden`); the data, "
+        "splits, seed and calibration are the ensemble's.",
+    )
+
+
+class EnsembleParams(AnomalyThreshold):
+    members: list[Member] = Field(min_length=2, max_length=8)
+    standardise: Literal["zscore", "rank"] = Field(
+        "zscore",
+        description="`zscore`: (score − mean) / sd of the member's scores on the held-out normal "
+        "rows; `rank`: the share of those scores below it.",
+    )
+    combine: Literal["mean", "max"] = Field("mean", description="Of the standardised scores.")
+    epochs: int = Field(30, ge=1, le=500, description="autoencoder, vae: training epochs.")
+    seed: int = Field(0, ge=0, lt=2**31, description="Splits, and each member's seed.")
+    validation_split: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Normal rows held out to standardise the members and calibrate the threshold.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EnsembleParams:
+        if self.normal_label is not None and self.anomaly_label is not None:
+            raise ValueError("give normal_label or anomaly_label, not both")
+        for own in (m.params for m in self.members):
+            if set(own) & {"seed", "validation_split", "contamination", "target_fpr"}:
+                raise ValueError(
+                    "a member's params cannot set seed, validation_split, contamination or "
+                    "target_fpr: the ensemble's apply to every member"
+                )
+        return self
+
+
+class EnsembleSpec(JobSpec):
+    kind: Literal["ensemble"]
+    dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
+    params: EnsembleParams
+    preprocessing: Preprocessing = preprocessing_field("standard")
+
+    @model_validator(mode="after")
+    def _members_are_valid(self) -> EnsembleSpec:
+        for i, m in enumerate(self.params.members):
+            try:
+                member_spec(self, m.detector, m.params)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(f"members.{i} ({m.detector}): {where}: {first['msg']}") from None
+        return self
+
+    def members(self) -> list[JobSpec]:
+        return [member_spec(self, m.detector, m.params) for m in self.params.members]
+
+    def data_problem(self, rows: int, features: int) -> str | None:
+        for i, member in enumerate(self.members()):
+            problem = member.data_problem(rows, features)
+            if problem is not None:
+                return f"members.{i}: {problem}"
+        return None
+
+    def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate | None:
+        """Every member's stored values; memory: the costliest member's training plus the
+        others' models, which stay loaded."""
+        estimates = [m.size_estimate(rows, row_shape) for m in self.members()]
+        known = [e for e in estimates if e is not None]
+        if not known:
+            return None
+        estimate = SizeEstimate()
+        estimate.add_parameters(FIELD, sum(e.total_parameters for e in known))
+        worst = max(known, key=lambda e: e.total_memory)
+        for name, size in worst.memory.items():
+            estimate.add_memory(own_field(name, FIELD), size)
+        estimate.add_memory(FIELD, 8 * estimate.total_parameters)  # the others, loaded
+        return estimate
+
+
+EnsembleSpec.example = {
+    "kind": "ensemble",
+    "name": "breast-cancer-ensemble",
+    "dataset": "builtin:breast_cancer",
+    "params": {
+        "members": [{"detector": "isolation_forest"}, {"detector": "ecod"}, {"detector": "pca"}],
+        "standardise": "zscore",
+        "combine": "mean",
+        "contamination": 0.05,
+    },
+    "preprocessing": {"scale": "standard"},
+}
+
+SERVES = frozenset({"score"})
+
+
+@register_kind(
+    spec=EnsembleSpec,
+    summary="Anomaly detectors trained together, their standardised scores combined.",
+    serves=SERVES,
+    servable="ml.anomaly.ensemble_model:EnsembleServable",
+)
+def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
+    from ml.anomaly import ensemble_model as em
+
+    p = spec.params
+    rows = reduction.load_rows(context, "ensemble")
+    parts = split(rows, p)
+    if len(parts.calibration) < MIN_CALIBRATION_ROWS:
+        raise JobFailed(
+            "invalid_data",
+            f"only {len(parts.calibration)} normal rows held out to standardise the members: "
+            "raise validation_split or give more rows",
+        )
+    calibration_rows = rows.raw[parts.calibration]
+    members, files, devices = [], {}, set()
+    started = time.perf_counter()
+    for i, member in enumerate(spec.members()):
+        name = p.members[i].detector
+        sub = MemberReporter(reporter, i, len(p.members), name)
+        trained = train_member(member, sub, context.workdir / "members" / f"m{i}", context)
+        devices.add(trained.device)
+        standard = em.Standardiser.fit(trained.score(calibration_rows), p.standardise)
+        members.append(em.member_meta(member.kind, name, trained.meta, standard))
+        files |= {f"m{i}_{key}": path for key, path in trained.model.files.items()}
+        members[-1]["servable"] = trained.servable  # dropped before the meta is stored
+    combined = em.Combination(members, p.combine)
+    normal = combined.score(calibration_rows)
+    cut = threshold(normal, p.contamination, p.target_fpr)
+    evaluation: dict[str, Any] = {}
+    if parts.truth is not None and len(parts.evaluation):
+        evaluation = evaluate(combined.score(rows.raw[parts.evaluation]), parts.truth, cut)
+    for m in members:
+        m.pop("servable")
+    calibration = {
+        "threshold": cut,
+        "contamination": p.contamination,
+        "target_fpr": p.target_fpr,
+        "calibration_rows": len(normal),
+        "score": f"{p.combine} of {p.standardise} member scores",
+        "combine": p.combine,
+        "members": members,
+    }
+    model = ModelOutcome(
+        files=files,
+        input_shape=list(rows.feature_shape),
+        capabilities=sorted(SERVES),
+        preprocessing={"scale": "none"},  # each member applies its own
+        calibration=calibration,
+        evaluation=evaluation,
+    )
+    result = {
+        "members": [m["detector"] for m in members],
+        "seconds": time.perf_counter() - started,
+        "threshold": cut,
+        **{k: v for k, v in evaluation.items() if k in ("roc_auc", "pr_auc")},
+    }
+    reporter.progress(1.0)
+    device = CPU if devices <= {CPU} else ",".join(sorted(devices - {CPU}))
+    return RunOutcome(result=result, device=device, model=model)
