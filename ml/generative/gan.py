@@ -5,7 +5,7 @@ and discriminator (512-256); a small DCGAN for image rows."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -14,59 +14,190 @@ from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.sizing import SizeEstimate, Width, trained, use_conv
 from ml.core.spec import JobSpec, Preprocessing, StrictModel
 from ml.core.training_config import TrainingConfig
-from ml.generative.params import evaluation_split_field
+from ml.generative.params import OBJECTIVE_DEFAULTS, ObjectiveDefaults, evaluation_split_field
 from ml.generative.sizes import gan_parameters
+
+# The seed article's GAN, as its example trains it (Adam with Keras's own betas, one
+# discriminator step, no averaging); `preset: "seed"` fills in any of these a spec leaves out.
+SEED_PRESET: dict[str, Any] = {
+    "latent_dim": 100,
+    "generator_hidden": [256, 512, 1024],
+    "discriminator_hidden": [512, 256],
+    "loss": "non_saturating",
+    "ema": 0.0,
+    "keep": "last",
+    "batch_norm": True,
+    "batch_norm_momentum": 0.8,
+}
+# Chosen by measurement (docs/generative.md, "Which objective").
+DEFAULT_PRESET: dict[str, Any] = {
+    "latent_dim": 16,
+    "generator_hidden": [256, 256],
+    "discriminator_hidden": [256, 256],
+    "loss": "hinge",
+    "ema": 0.999,
+    "keep": "best",
+    "batch_norm": False,
+    "batch_norm_momentum": 0.8,
+}
+# The default preset's Adam rate (its betas are the objective's, OBJECTIVE_DEFAULTS).
+DEFAULT_LEARNING_RATE = 2e-4
+PRESETS = {"default": DEFAULT_PRESET, "seed": SEED_PRESET}
 
 
 class GanParams(StrictModel):
-    latent_dim: int = Field(100, ge=1, le=4096, description="Size of the noise vector z ~ N(0, I).")
+    preset: Literal["default", "seed"] = Field(
+        "default",
+        description="Where the fields a spec leaves out come from: `default` (a GAN that "
+        "converges on small data) or `seed` (the seed article's: dense 256-512-1024, "
+        "LeakyReLU, batch norm 0.8, non-saturating loss, Keras's Adam).",
+    )
+    latent_dim: int = Field(16, ge=1, le=4096, description="Size of the noise vector z ~ N(0, I).")
     generator_hidden: list[Width] = Field(
-        default_factory=lambda: [256, 512, 1024],
+        default_factory=lambda: [256, 256],
         min_length=1,
         max_length=8,
         description="dense: the generator's layers (Dense → LeakyReLU(0.2) → BatchNorm each).",
     )
     discriminator_hidden: list[Width] = Field(
-        default_factory=lambda: [512, 256],
+        default_factory=lambda: [256, 256],
         min_length=1,
         max_length=8,
         description="dense: the discriminator's layers (Dense → LeakyReLU(0.2) each).",
     )
-    d_steps: int = Field(1, ge=1, le=20, description="Discriminator updates per generator update.")
+    loss: Literal["non_saturating", "wgan_gp", "hinge"] = Field(
+        "hinge",
+        description="The players' objective: `non_saturating` (Goodfellow 2014), `wgan_gp` "
+        "(Wasserstein with gradient penalty, Gulrajani 2017) or `hinge` (Miyato 2018).",
+    )
+    gradient_penalty: float = Field(
+        10.0, ge=0, le=1000, description="wgan_gp: the gradient penalty's weight λ."
+    )
+    r1: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="γ of the R1 penalty γ/2·|∇D(x)|² on real rows (Mescheder 2018), any loss; "
+        "0: none.",
+    )
+    spectral_norm: bool | None = Field(
+        None,
+        description="Spectrally normalise the discriminator's layers (default: for `hinge`).",
+    )
+    d_steps: int | None = Field(
+        None,
+        ge=1,
+        le=20,
+        description="Discriminator updates per generator update (default: 5 for wgan_gp, else 1).",
+    )
+    d_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="The discriminator's learning rate (two time-scale updates); default: "
+        "`training.optimizer.learning_rate`, the generator's.",
+    )
+    ema: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="Decay of the moving average of the generator's weights that `generate` "
+        "and the saved model use; 0: the last weights.",
+    )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="The generator the model keeps: the epoch's with the best sample quality on "
+        "held-out rows (energy distance; Fréchet distance for images), or the last one's.",
+    )
     label_smoothing: float = Field(
         0.0,
         ge=0,
         lt=0.5,
-        description="One-sided: the discriminator's target for real rows is 1 − s.",
+        description="non_saturating: one-sided, the discriminator's target for real rows is 1 − s.",
     )
     architecture: Literal["auto", "dense", "conv"] = Field(
         "auto",
         description="`auto`: a small DCGAN for image rows (H, W, C) with sides divisible by 4, "
         "the dense networks otherwise.",
     )
+    batch_norm: bool = Field(
+        False, description="dense: batch norm after each of the generator's layers (the seed's)."
+    )
     batch_norm_momentum: float = Field(
         0.8, gt=0, lt=1, description="The generator's batch-norm momentum (the seed's 0.8)."
     )
     evaluation_split: float = evaluation_split_field()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            return {**PRESETS[data["preset"]], **data}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> GanParams:
         if any(h < 1 for h in [*self.generator_hidden, *self.discriminator_hidden]):
             raise ValueError("hidden layer sizes must be positive")
+        if self.label_smoothing and self.loss != "non_saturating":
+            raise ValueError("label_smoothing is for loss non_saturating only")
         return self
+
+    @property
+    def objective_defaults(self) -> ObjectiveDefaults:
+        return OBJECTIVE_DEFAULTS[self.loss]
+
+    @property
+    def discriminator_steps(self) -> int:
+        return self.d_steps or self.objective_defaults.d_steps
+
+    @property
+    def spectral(self) -> bool:
+        if self.spectral_norm is None:
+            return self.objective_defaults.spectral_norm
+        return self.spectral_norm
+
+
+def preset_training(training: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
+    """`training` with the default preset's Adam rate and the objective's betas filled in."""
+    params = params or {}
+    optimizer = training.get("optimizer") or {}
+    if params.get("preset") == "seed" or not isinstance(optimizer, dict):
+        return training
+    defaults = OBJECTIVE_DEFAULTS.get(params.get("loss", DEFAULT_PRESET["loss"]))
+    if defaults is None or optimizer.get("name", "adam") != "adam":
+        return training
+    filled = {
+        "learning_rate": DEFAULT_LEARNING_RATE,
+        "beta_1": defaults.beta_1,
+        "beta_2": defaults.beta_2,
+    }
+    return {**training, "optimizer": {**filled, **optimizer}}
 
 
 class GanSpec(JobSpec):
     kind: Literal["gan"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: GanParams = Field(default_factory=GanParams)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(**preset_training({})))
     preprocessing: Preprocessing = Field(
         default_factory=lambda: Preprocessing(scale="minmax", per_feature=None),
         description="Input scaling, fitted on the training split (default: minmax, which the "
         "gan maps on to [-1, 1] for the generator's tanh output; with `standard` or `none` the "
         "output is linear).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_training(cls, data: Any) -> Any:
+        """The preset's optimizer settings where `training.optimizer` leaves them out (the seed
+        preset: Keras's Adam, as the article trains)."""
+        if not isinstance(data, dict):
+            return data
+        params, training = data.get("params") or {}, data.get("training") or {}
+        if not isinstance(params, dict) or not isinstance(training, dict):
+            return data
+        return {**data, "training": preset_training(training, params)}
 
     def size_estimate(self, rows: int, row_shape: tuple[int, ...]) -> SizeEstimate:
         p, estimate = self.params, SizeEstimate()
@@ -77,6 +208,8 @@ class GanSpec(JobSpec):
             generator_hidden=p.generator_hidden,
             discriminator_hidden=p.discriminator_hidden,
             conv_rows=use_conv(p.architecture, row_shape),
+            batch_norm=p.batch_norm,
+            spectral=p.spectral,
         )
         # A generator step runs both networks on a batch of fakes, a discriminator step on
         # real and fake rows: twice the activations of one pass.
@@ -105,7 +238,7 @@ SERVES = frozenset({"generate"})
     summary="A generative adversarial network: samples, with sample-quality metrics.",
     serves=SERVES,
     pictures=frozenset({"samples"}),
-    servable="ml.generative.gan_model:GanServable",
+    servable="ml.generative.gan_serving:GanServable",
 )
 def run(spec: GanSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.generative.gan_model import train_gan

@@ -22,8 +22,11 @@ def gan_parameters(
     generator_hidden: Sequence[int],
     discriminator_hidden: Sequence[int],
     conv_rows: bool,
+    batch_norm: bool = True,
+    spectral: bool = False,
 ) -> list[int]:
-    """Add the generator's and the discriminator's weights; the widths their layers output."""
+    """Add the generator's and the discriminator's weights (with `spectral`, each of the
+    discriminator's layers keeps a vector u of its outputs); the widths their layers output."""
     features = math.prod(row_shape)
     if conv_rows:
         h, w, c = (int(s) for s in row_shape)
@@ -33,13 +36,16 @@ def gan_parameters(
         generator = BATCH_NORM * small * 4 * f + conv(4, 4 * f, 2 * f) + BATCH_NORM * 2 * f
         generator += conv(4, 2 * f, f) + BATCH_NORM * f + conv(3, f, c)
         discriminator = conv(4, c, f) + conv(4, f, 2 * f) + dense(small * 2 * f, 1)
+        discriminator += (f + 2 * f + 1) if spectral else 0
         estimate.add_parameters("params.architecture", generator + discriminator)
         return [small * 4 * f, small * 8 * f, h * w * f, features, h * w * f // 4, small * 2 * f]
     body, last = chain(latent_dim, generator_hidden)
-    estimate.add_parameters("params.generator_hidden", body + BATCH_NORM * sum(generator_hidden))
+    norm = BATCH_NORM * sum(generator_hidden) if batch_norm else 0
+    estimate.add_parameters("params.generator_hidden", body + norm)
     estimate.add_parameters("params.generator_hidden", dense(last, features))
     body, last = chain(features, discriminator_hidden)
-    estimate.add_parameters("params.discriminator_hidden", body + dense(last, 1))
+    u = sum(discriminator_hidden) + 1 if spectral else 0
+    estimate.add_parameters("params.discriminator_hidden", body + dense(last, 1) + u)
     return [*generator_hidden, features, *discriminator_hidden, 1]
 
 

@@ -1,5 +1,6 @@
-"""The `gan` kind in-process: both players' metrics, the seed's networks, generate in data
-units, the DCGAN for images, the samples picture, resume."""
+"""The `gan` kind in-process: both players' metrics for each objective, each epoch's sample
+quality and the best epoch kept, early stopping on it, generate in data units, the DCGAN for
+images, the samples picture, resume."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def swiss() -> Dataset:
 def trained(
     tmp_path_factory: pytest.TempPathFactory, swiss: Dataset
 ) -> tuple[RunOutcome, MemoryReporter]:
-    spec = {"params": {**SMALL, "d_steps": 2, "label_smoothing": 0.1}, "training": FAST}
+    params = {**SMALL, "loss": "non_saturating", "d_steps": 2, "label_smoothing": 0.1}
+    spec = {"params": params, "training": FAST}
     return train("gan", spec, tmp_path_factory.mktemp("g"), swiss)
 
 
@@ -89,26 +91,69 @@ def test_generate_is_seeded_and_within_the_data_range(
     assert model.picture("samples").startswith(b"\x89PNG")
 
 
-def test_the_default_networks_are_the_seed_articles() -> None:
+def test_the_default_networks() -> None:
     from ml.generative.gan_model import Players
+    from ml.generative.gan_networks import SpectralDense
 
-    players = Players(GanParams(), (784,), tanh=True)
-    dense = [w.shape for w in players.generator.weights if len(w.shape) == 2]
-    assert dense == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
-    kinds = [type(layer).__name__ for layer in players.generator.layers[1:4]]
-    assert kinds == ["Dense", "LeakyReLU", "BatchNormalization"]
-    assert players.generator.layers[-1].activation.__name__ == "tanh"
-    disc = [w.shape for w in players.discriminator.weights if len(w.shape) == 2]
-    assert disc == [(784, 512), (512, 256), (256, 1)]
+    players = Players(GanParams(), (2,), tanh=True)
+    kinds = {type(layer).__name__ for layer in players.generator.layers}
+    assert "BatchNormalization" not in kinds
+    dense = [layer for layer in players.discriminator.layers if hasattr(layer, "units")]
+    assert all(isinstance(layer, SpectralDense) for layer in dense)  # hinge: spectral norm
+
+
+def _kept_and_stopped(reporter: MemoryReporter, metric: str, patience: int | None) -> tuple:
+    """The epoch a run should keep (the best of `val_<metric>`) and, with early stopping, the
+    epoch it should stop after, from the points it recorded."""
+    values = reporter.series(f"val_{metric}")[1]
+    best, bad, stop = math.inf, 0, None
+    for epoch, value in enumerate(values, start=1):
+        bad = 0 if value < best else bad + 1
+        best = min(best, value)
+        if patience is not None and bad >= patience and stop is None:
+            stop = epoch
+    return int(np.argmin(values)) + 1, stop
+
+
+def test_each_epochs_quality_the_best_epoch_kept_and_early_stopping(
+    tmp_path: Path, swiss: Dataset
+) -> None:
+    training = {**FAST, "epochs": 6, "early_stopping": {"patience": 1}}
+    outcome, reporter = train("gan", {"params": SMALL, "training": training}, tmp_path, swiss)
+    values = reporter.series("val_energy_distance")[1]
+    floors = reporter.series("val_energy_distance_floor")[1]
+    assert len(values) == outcome.result["epochs"] and all(v >= 0 for v in values)
+    assert len(set(floors)) == 1 and floors[0] > 0  # real rows against real rows, once
+    kept, stop = _kept_and_stopped(reporter, "energy_distance", patience=1)
+    assert outcome.result["kept_epoch"] == kept
+    assert outcome.result["stopped_early"] is (stop is not None and stop < 6)
+    assert outcome.result["epochs"] == (stop or 6)
+
+
+def test_wgan_gp_with_r1_logs_its_wasserstein_estimate(tmp_path: Path, swiss: Dataset) -> None:
+    params = {**SMALL, "loss": "wgan_gp", "r1": 1.0, "d_learning_rate": 4e-4}
+    outcome, reporter = train("gan", {"params": params, "training": FAST}, tmp_path, swiss)
+    for name in ("wasserstein_estimate", "d_gradient_penalty", "d_r1_penalty", "jsd_lower_bound"):
+        assert name in reporter.points, name
+    for player in ("d_", "g_"):
+        for name in PLAYER_TELEMETRY:
+            assert player + name in reporter.points, player + name
+    assert all(v >= 0 for v in reporter.series("d_gradient_penalty")[1])
+    assert outcome.result["iterations"] == 2 * (13 // 5)  # d_steps 5 by default for wgan_gp
+    assert reporter.series("d_lr")[1][0] == pytest.approx(4e-4)
+    assert reporter.series("g_lr")[1][0] == pytest.approx(2e-4)
 
 
 def test_a_dcgan_on_digit_images(tmp_path: Path) -> None:
     digits = subset("digits", 300)
-    outcome, _ = train("gan", {"training": {"epochs": 1, "batch_size": 32}}, tmp_path, digits)
+    training = {"epochs": 2, "batch_size": 32, "telemetry": FAST["telemetry"]}
+    outcome, points = train("gan", {"training": training}, tmp_path, digits)
     assert outcome.model is not None and outcome.model.input_shape == [8, 8, 1]
     ev = outcome.model.evaluation
     for name in ("frechet_distance", "frechet_distance_floor", "classifier_confidence"):
         assert name in ev, name
+    kept, _ = _kept_and_stopped(points, "frechet_distance", None)
+    assert outcome.result["kept_epoch"] == kept
     samples = serve("gan", outcome).run("generate", None, n=4, seed=0)["samples"]
     assert samples.shape == (4, 8, 8, 1)
     assert samples.min() >= -1e-4 and samples.max() <= 16 + 1e-4  # pixel units, 0-16
