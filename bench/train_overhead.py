@@ -29,7 +29,13 @@ runs past its first measuring step. The `Trainer`'s epochs include its end-of-ep
 evaluation (up to 2048 rows, no training-time randomness): that is part of its loop. Not
 included: validation, checkpoints, the diffusion kind's per-epoch bound.
 
+A second part measures what the default `telemetry.every_steps: "auto"` costs on a whole job of
+`--overhead-steps` (1000) steps: the autoencoder and the VAE, each job run with the default
+telemetry and without any, alternated, timed from the end of the first (compiling) epoch; the
+overhead is the ratio of the median times minus one (target: within 10%).
+
     python bench/train_overhead.py [--epochs 10] [--repeats 3] [--only vae ...] [--quick]
+        [--overhead-steps 1000]
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from ml.core.datasets import load_builtin
 from ml.core.reporting import MemoryReporter
 from ml.core.splits import split_indices
 from ml.core.training import Callback, Trainer
-from ml.core.training_config import TelemetryConfig, TrainingConfig
+from ml.core.training_config import AUTO_MIN_INTERVAL, TrainingConfig, auto_interval
 from ml.generative.diffusion import DiffusionParams, DiffusionTraining
 from ml.generative.diffusion_model import DiffusionObjective, EmaTrainer, chain_of
 
@@ -228,7 +234,8 @@ class EpochClock(Callback):
 
 def fit_thermoml(case: Case, epochs: int, telemetry: bool) -> float:
     # Warm up past the first telemetry step too: tracing the measuring step is a one-off cost.
-    warm = math.ceil(TelemetryConfig().every_steps / math.ceil(len(case.x) / case.batch)) + 1
+    per_epoch = len(case.x) // case.batch
+    warm = math.ceil(auto_interval(per_epoch * (epochs + 2)) / per_epoch) + 1
     config = TrainingConfig.model_validate(
         {
             "epochs": epochs + warm,
@@ -241,6 +248,73 @@ def fit_thermoml(case: Case, epochs: int, telemetry: bool) -> float:
     clock = EpochClock()
     trainer.fit(case.x, None, callbacks=[clock])
     return len(case.x) * epochs / sum(clock.times[warm:])
+
+
+class MeasureCount(Callback):
+    def __init__(self) -> None:
+        self.points = 0
+
+    def on_measure(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.points += 1
+
+
+def timed_job(case: Case, steps: int, telemetry: bool) -> tuple[float, int, int, int]:
+    """A whole job of at least `steps` steps with `every_steps: "auto"` (or no telemetry), timed
+    from the end of its first epoch (compiling) to its end: (seconds, steps, measuring points,
+    interval)."""
+    per_epoch = math.ceil(len(case.x) / case.batch)
+    epochs = math.ceil(steps / per_epoch) + 1
+    config = TrainingConfig.model_validate(
+        {
+            "epochs": epochs,
+            "batch_size": case.batch,
+            "validation_split": 0.0,
+            "telemetry": {} if telemetry else {"every_steps": 10**9},
+        }
+    )
+    trainer = case.trainer(case.objective(), config)
+    # The measuring step is traced at the first measuring point: measure in the warm-up epoch
+    # too, so that every job pays the trace outside the timed part.
+    clock, count = EpochClock(), MeasureCount()
+    trainer.fit(case.x, None, callbacks=[clock, count])
+    interval = trainer.measuring_interval(len(case.x))
+    return sum(clock.times[1:]), per_epoch * epochs, count.points, interval
+
+
+def auto_overhead(chosen: list[Case], steps: int, repeats: int) -> list[dict[str, Any]]:
+    """Measuring overhead of `every_steps: "auto"` on jobs of `steps` steps: the same job with
+    and without telemetry, alternated, medians over the repeats."""
+    rows = []
+    for case in chosen:
+        on, off, points, total, interval = [], [], 0, 0, 0
+        for repeat in range(repeats):
+            for telemetry in (repeat % 2 == 0, repeat % 2 == 1):
+                seconds, total, measured, every = timed_job(case, steps, telemetry)
+                (on if telemetry else off).append(seconds)
+                if telemetry:
+                    points, interval = measured, every
+        overhead = statistics.median(on) / statistics.median(off) - 1
+        rows.append(
+            {
+                "model": case.name,
+                "steps": total,
+                "interval": interval,
+                "points": points,
+                "seconds_auto": statistics.median(on),
+                "seconds_off": statistics.median(off),
+                "overhead": overhead,
+            }
+        )
+        print(
+            f"{case.name}: {total} steps, {points} measuring points: auto telemetry adds "
+            f"{100 * overhead:.1f}%"
+            + (
+                f" ({'meets' if overhead <= 0.10 else 'ABOVE'} the 10% target)"
+                if total >= 1000
+                else ""
+            )
+        )
+    return rows
 
 
 def run_loop(case: Case, loop: str, epochs: int, settings: dict[str, Any]) -> float:
@@ -275,6 +349,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", default=None, help="models to run (default: all)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--overhead-steps", type=int, default=1000, help="job length of the auto-interval part"
+    )
     args = parser.parse_args()
     epochs, repeats = (2, 1) if args.quick else (args.epochs, args.repeats)
     chosen = [c for c in cases() if not args.only or c.name in args.only]
@@ -298,7 +375,17 @@ def main() -> None:
                 f"{row['model']}: thermoml with default telemetry runs at "
                 f"{row['ratio_to_fit']:.2f} of model.fit ({verdict} the 0.90 target)"
             )
+    # The auto interval's overhead on jobs of ≥ 1000 steps (quick: the autoencoder, shorter).
+    overhead_cases = chosen[:1] if args.quick else [c for c in chosen if c.name != "diffusion"]
+    overhead_steps = 2 * AUTO_MIN_INTERVAL if args.quick else args.overhead_steps
+    overhead = auto_overhead(overhead_cases, overhead_steps, 2 if args.quick else 2 * repeats)
+    print(
+        table(
+            [{**r, "overhead": f"{100 * r['overhead']:.1f}%"} for r in overhead], list(overhead[0])
+        )
+    )
     report = {
+        "auto_overhead": overhead,
         "epochs": epochs,
         "repeats": repeats,
         "models": {

@@ -3,7 +3,8 @@
 A kind supplies an :class:`Objective` (per-example losses of a batch, with all randomness drawn
 from an explicit stateless seed so a second forward pass can repeat it exactly); the
 :class:`Trainer` runs compiled steps (`ml.core.steps`), every `telemetry.every_steps` steps a
-measuring step that splits the batch into K micro-batches (gradient noise, θ·g, the momentum
+measuring step (`"auto"`: enough for at least 20 points a job, see `measuring_interval`) that
+splits the batch into K micro-batches (gradient noise, θ·g, the momentum
 buffer, two-pass heat), records metric points, checks for divergence, checkpoints every epoch
 and resumes from one. :class:`Callback` objects hook into every step, measuring step and epoch
 end; one ends the run by raising :class:`StopTraining`.
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml.core.devices import MIXED_POLICY, device_name, job_devices
+from ml.core.fit_run import FitResult, Run
 from ml.core.optimizers import (
     build_optimizer,
     configure_determinism,
@@ -97,31 +97,6 @@ def _notify(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
     return stop
 
 
-@dataclass
-class FitResult:
-    epochs_run: int
-    steps: int
-    final_loss: float
-    final_val_loss: float | None
-    stopped_early: bool
-    seconds: float
-    samples_per_second: float
-    history: dict[str, list[float]] = field(default_factory=dict)
-
-    def summary(self, *, resumed: bool) -> dict[str, Any]:
-        """What every gradient-trained kind reports of its training in the job's result."""
-        return {
-            "final_loss": self.final_loss,
-            "final_val_loss": self.final_val_loss,
-            "epochs": self.epochs_run,
-            "steps": self.steps,
-            "stopped_early": self.stopped_early,
-            "resumed": resumed,
-            "samples_per_second": self.samples_per_second,
-            "train_seconds": self.seconds,
-        }
-
-
 def _data_options() -> tf.data.Options:
     options = tf.data.Options()
     # An autotuned iterator took up to 0.3 s to tear down at each epoch's end (a third of a
@@ -132,37 +107,6 @@ def _data_options() -> tf.data.Options:
 
 
 _DATA_OPTIONS = _data_options()
-
-
-@dataclass
-class _Run:
-    """One call of `fit`: what it was given and where it has got to."""
-
-    batch: int
-    total_steps: int
-    step: int
-    checkpoint_dir: Path | None
-    save_weights: Callable[[Path], None] | None
-    callbacks: list[Callback]
-    started: float = field(default_factory=time.perf_counter)
-    seen: int = 0
-    last_loss: float = float("nan")
-    val_loss: float | None = None
-    stopped_early: bool = False
-    history: dict[str, list[float]] = field(default_factory=lambda: {"loss": [], "val_loss": []})
-
-    def result(self, epochs_run: int) -> FitResult:
-        seconds = time.perf_counter() - self.started
-        return FitResult(
-            epochs_run=epochs_run,
-            steps=self.step,
-            final_loss=self.last_loss,
-            final_val_loss=self.val_loss,
-            stopped_early=self.stopped_early,
-            seconds=seconds,
-            samples_per_second=self.seen / seconds if seconds > 0 else float("nan"),
-            history=self.history,
-        )
 
 
 class Trainer(TrainingSteps):
@@ -256,9 +200,10 @@ class Trainer(TrainingSteps):
         `callbacks` hook into its steps and epochs."""
         batch = self._batch_size(len(x_train))
         self.prepare(x_train[:batch])
-        run = _Run(
+        run = Run(
             batch=batch,
             total_steps=math.ceil(len(x_train) / batch) * self.config.epochs,
+            every=self.measuring_interval(len(x_train)),
             step=int(self.step_var.numpy()),
             checkpoint_dir=checkpoint_dir,
             save_weights=save_weights,
@@ -276,6 +221,12 @@ class Trainer(TrainingSteps):
         """Optimizer steps in an epoch of `rows` training rows (the batch shrinks to fit)."""
         return math.ceil(rows / self._batch_size(rows))
 
+    def measuring_interval(self, rows: int) -> int:
+        """Steps between measuring steps for `rows` training rows: `telemetry.every_steps`, or
+        for "auto" from the job's full-batch steps (partial batches are not measured)."""
+        full_steps = (rows // self._batch_size(rows)) * self.config.epochs
+        return self.config.telemetry.interval(full_steps)
+
     def _batch_size(self, n: int) -> int:
         batch = self.config.batch_size
         if n < batch:
@@ -284,10 +235,9 @@ class Trainer(TrainingSteps):
             raise JobFailed("invalid_data", f"{n} training rows are too few for this batch size")
         return batch
 
-    def _train_epoch(self, x_train: np.ndarray, epoch: int, run: _Run) -> bool:
+    def _train_epoch(self, x_train: np.ndarray, epoch: int, run: Run) -> bool:
         """The steps of one epoch; True when a callback asked to stop."""
         cfg, callbacks = self.config, run.callbacks
-        every = cfg.telemetry.every_steps
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
         data = tf.data.Dataset.from_tensor_slices(x_train[order]).batch(run.batch)
         data = data.prefetch(2).with_options(_DATA_OPTIONS)
@@ -298,7 +248,9 @@ class Trainer(TrainingSteps):
             if self.sgld:
                 self.temperature_var.assign(sgld_temperature(cfg, run.step))
             stop = False
-            if (run.step + 1) % every == 0 and rows == run.batch:
+            due = run.due or (run.step + 1) % run.every == 0
+            run.due = due and rows != run.batch
+            if due and rows == run.batch:
                 measured = self.measuring_step(x)
                 run.step += 1
                 metrics = self.record(run.step, measured, run.batch)
@@ -312,7 +264,7 @@ class Trainer(TrainingSteps):
         return False
 
     def _end_epoch(
-        self, x_train: np.ndarray, x_val: np.ndarray | None, epoch: int, run: _Run
+        self, x_train: np.ndarray, x_val: np.ndarray | None, epoch: int, run: Run
     ) -> bool:
         """The epoch's loss points, progress and checkpoint; True when the run should stop."""
         # The epoch's loss: measured at its end without training-time randomness, on up to

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ml.core.spec import StrictModel
 
@@ -57,15 +57,49 @@ class EarlyStopping(StrictModel):
     min_delta: float = Field(0.0, ge=0)
 
 
+# `every_steps: "auto"`: at least AUTO_MIN_POINTS measuring points a job (every step of a job
+# shorter than that), at most about AUTO_MAX_POINTS, and never more often than every
+# AUTO_MIN_INTERVAL steps once that still leaves AUTO_MIN_POINTS: a measuring step costs a few plain
+# steps, and this keeps the telemetry within 10% of training time for jobs of 1000 steps or more
+# (bench/train_overhead.py measures it).
+AUTO_MIN_POINTS = 20
+AUTO_MAX_POINTS = 200
+AUTO_MIN_INTERVAL = 50
+
+
+def auto_interval(total_steps: int) -> int:
+    """The `"auto"` measuring interval of a job of `total_steps` (full-batch) steps."""
+    densest = max(1, total_steps // AUTO_MIN_POINTS)  # still AUTO_MIN_POINTS points
+    sparsest = max(AUTO_MIN_INTERVAL, -(-total_steps // AUTO_MAX_POINTS))
+    return min(densest, sparsest)
+
+
 class TelemetryConfig(StrictModel):
-    every_steps: int = Field(
-        50, ge=1, description="Record the thermodynamic metrics every n steps."
+    # The spec's `every_steps` is stored as `every`; `every_steps` (the attribute) is its number.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, serialize_by_alias=True)
+
+    every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        alias="every_steps",
+        description='Record the thermodynamic metrics every n steps; "auto": at least '
+        f"{AUTO_MIN_POINTS} points a job (every step of a short job), at most about "
+        f"{AUTO_MAX_POINTS}, within 10% of the training time.",
     )
     microbatches: int = Field(
         4, ge=2, le=64, description="K micro-batches for the gradient-noise estimate (B/K each)."
     )
     heat: bool = Field(True, description="Measure heat with a second forward pass on the batch.")
     entropy_coordinates: int = Field(10_000, ge=100, description="Parameters sampled for entropy.")
+
+    @property
+    def every_steps(self) -> int:
+        """The fixed interval; for "auto", the one of a loop that does not know its length
+        (AUTO_MIN_INTERVAL). Loops that know it call `interval`."""
+        return AUTO_MIN_INTERVAL if self.every == "auto" else self.every
+
+    def interval(self, total_steps: int) -> int:
+        """Measuring interval of a job of `total_steps` full-batch steps."""
+        return auto_interval(total_steps) if self.every == "auto" else self.every
 
 
 class TrainingConfig(StrictModel):

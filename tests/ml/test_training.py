@@ -16,7 +16,13 @@ from tensorflow.python.framework import config as tf_config
 
 from ml.core.reporting import JobFailed, MemoryReporter
 from ml.core.training import Callback, StopTraining, Trainer, configure_determinism
-from ml.core.training_config import TrainingConfig
+from ml.core.training_config import (
+    AUTO_MAX_POINTS,
+    AUTO_MIN_INTERVAL,
+    AUTO_MIN_POINTS,
+    TrainingConfig,
+    auto_interval,
+)
 
 D = 4
 N_TRAIN, N_VAL, BATCH, MICRO = 224, 32, 16, 4
@@ -554,3 +560,37 @@ def test_stopping_resumes_no_further_than_the_checkpoint_it_wrote(tmp_path: Path
     trainer = Trainer(fresh, make_config(), MemoryReporter())
     assert trainer.restore_checkpoint(folder, fresh.load)
     assert trainer.start_epoch == 1 and int(trainer.step_var.numpy()) == 3
+
+
+# Measuring interval -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("total", [1, 3, 19, 20, 24, 100, 999, 1000, 1001, 4321, 10**4, 10**6])
+def test_auto_interval_gives_every_job_between_20_and_about_200_points(total: int) -> None:
+    every = auto_interval(total)
+    points = total // every
+    assert points >= min(total, AUTO_MIN_POINTS)
+    assert points <= max(AUTO_MAX_POINTS, AUTO_MIN_POINTS) + 1
+    if total <= AUTO_MIN_POINTS:
+        assert every == 1  # a short job measures every step
+    if total >= AUTO_MIN_POINTS * AUTO_MIN_INTERVAL:
+        assert every >= AUTO_MIN_INTERVAL  # the cost bound of long jobs
+
+
+def test_auto_is_the_default_and_a_three_epoch_job_has_20_points() -> None:
+    assert TrainingConfig().telemetry.every == "auto"
+    assert TrainingConfig().model_dump(mode="json")["telemetry"]["every_steps"] == "auto"
+    config = make_config(telemetry={"every_steps": "auto"})
+    _, reporter, result, _ = run(config)
+    assert result.steps == 3 * STEPS_PER_EPOCH  # 42 steps: every 2nd one
+    assert len(steps_of(reporter, "internal_energy")) >= AUTO_MIN_POINTS
+
+
+def test_a_measurement_due_on_a_partial_batch_is_taken_at_the_next_full_one() -> None:
+    # 220 rows: 13 full batches and one of 12 rows an epoch (steps 14, 28, 42 are partial);
+    # the old loop skipped 14 and 28 instead.
+    config = make_config(telemetry={"every_steps": 7})
+    trainer = Trainer(LinearObjective(), config, MemoryReporter())
+    reporter = trainer.reporter
+    trainer.fit(make_data()[0][:220])
+    assert steps_of(reporter, "internal_energy") == [7, 15, 21, 29, 35]  # 42 is the last step
