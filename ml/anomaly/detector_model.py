@@ -10,7 +10,9 @@ methods it has:
 - `one_class_svm`: the support vectors, their dual coefficients and the RBF γ; score
   −Σ αᵢ K(svᵢ, x).
 - `local_outlier_factor` (novelty): the training rows, each one's k-distance and local
-  reachability density; score mean(lrd(neighbours)) / lrd(x) (Breunig et al. 2000).
+  reachability density; score mean(lrd(neighbours)) / lrd(x) (Breunig et al. 2000). The
+  neighbours are found with scikit-learn's own neighbour index, built from the stored rows
+  when the model loads (no randomness: the same index scikit-learn's LOF searches).
 - `ecod` (Li et al. 2022): each feature's sorted training values and the sign of its skewness;
   score max(O_left, O_right, O_auto), the sums over features of −log of the empirical tail
   probabilities. The row being scored counts in its own tails, (count + 1) / (n + 1), as when
@@ -149,21 +151,28 @@ def _isolation_forest(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return np.asarray(2.0 ** (-depth / average_path_length(a["max_samples"])))
 
 
-def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    d = (x**2).sum(axis=1)[:, None] - 2.0 * x @ y.T + (y**2).sum(axis=1)[None, :]
-    return np.maximum(d, 0.0)
+def _cross(x: np.ndarray, y: np.ndarray, y_norms: np.ndarray) -> np.ndarray:
+    """|y|² − 2 x·y for every pair (one product, in place): |x − y|² less |x|²."""
+    g = x @ y.T
+    g *= -2.0
+    g += y_norms
+    return g
 
 
 def _one_class_svm(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    kernel = np.exp(-a["gamma"] * _squared_distances(x, a["support_vectors"]))
-    return np.asarray(-(kernel @ a["dual_coef"]))
+    g = _cross(x, a["support_vectors"], a["_norms"])
+    g += (x**2).sum(axis=1)[:, None]
+    np.maximum(g, 0.0, out=g)
+    g *= -a["gamma"]
+    np.exp(g, out=g)
+    return np.asarray(-(g @ a["dual_coef"]))
 
 
-def _local_outlier_factor(a: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    k = int(a["n_neighbors"])
-    squared = _squared_distances(x, a["rows"])
-    neighbours = np.argpartition(squared, k - 1, axis=1)[:, :k]
-    distances = np.sqrt(np.take_along_axis(squared, neighbours, axis=1))
+def _local_outlier_factor(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    import sklearn
+
+    with sklearn.config_context(working_memory=BLOCK_VALUES * 8 >> 20):
+        distances, neighbours = a["_index"].kneighbors(x)
     reach = np.maximum(distances, a["k_distance"][neighbours])
     lrd = 1.0 / (reach.mean(axis=1) + LRD_EPSILON)
     return np.asarray(a["lrd"][neighbours].mean(axis=1) / lrd)
@@ -203,6 +212,16 @@ class DetectorModel:
             raise ValueError(f"unknown detector method {method!r}")
         self.method = method
         self.arrays = arrays
+        self._work: dict[str, Any] = dict(arrays)  # plus what scoring derives once
+        if method == "one_class_svm":
+            self._work["_norms"] = (arrays["support_vectors"] ** 2).sum(axis=1)
+        if method == "local_outlier_factor":
+            # A neighbour index over the stored rows: what scikit-learn's own LOF searches
+            # with, built from the arrays (deterministic, no randomness, no pickle).
+            from sklearn.neighbors import NearestNeighbors
+
+            k = int(arrays["n_neighbors"])
+            self._work["_index"] = NearestNeighbors(n_neighbors=k).fit(arrays["rows"])
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Anomaly scores of rows x (higher = more anomalous), in blocks of bounded memory."""
@@ -211,7 +230,9 @@ class DetectorModel:
         step = _block_rows(int(np.prod(self.arrays[widest].shape[:1])))
         if self.method == "ecod":
             step = _block_rows(x.shape[1] * 3)
-        parts = [scorer(self.arrays, x[i : i + step]) for i in range(0, len(x), step)]
+        elif self.method == "local_outlier_factor":  # the index bounds its own distance blocks
+            step = _block_rows(x.shape[1] + 4 * int(self.arrays["n_neighbors"]))
+        parts = [scorer(self._work, x[i : i + step]) for i in range(0, len(x), step)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     @property
