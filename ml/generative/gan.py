@@ -24,6 +24,7 @@ SEED_PRESET: dict[str, Any] = {
     "generator_hidden": [256, 512, 1024],
     "discriminator_hidden": [512, 256],
     "loss": "non_saturating",
+    "r1": 0.0,
     "ema": 0.0,
     "keep": "last",
     "batch_norm": True,
@@ -34,7 +35,8 @@ DEFAULT_PRESET: dict[str, Any] = {
     "latent_dim": 16,
     "generator_hidden": [256, 256],
     "discriminator_hidden": [256, 256],
-    "loss": "hinge",
+    "loss": "non_saturating",
+    "r1": 1.0,
     "ema": 0.999,
     "keep": "best",
     "batch_norm": False,
@@ -66,7 +68,7 @@ class GanParams(StrictModel):
         description="dense: the discriminator's layers (Dense → LeakyReLU(0.2) each).",
     )
     loss: Literal["non_saturating", "wgan_gp", "hinge"] = Field(
-        "hinge",
+        "non_saturating",
         description="The players' objective: `non_saturating` (Goodfellow 2014), `wgan_gp` "
         "(Wasserstein with gradient penalty, Gulrajani 2017) or `hinge` (Miyato 2018).",
     )
@@ -74,7 +76,7 @@ class GanParams(StrictModel):
         10.0, ge=0, le=1000, description="wgan_gp: the gradient penalty's weight λ."
     )
     r1: float = Field(
-        0.0,
+        1.0,
         ge=0,
         le=1000,
         description="γ of the R1 penalty γ/2·|∇D(x)|² on real rows (Mescheder 2018), any loss; "
@@ -159,10 +161,13 @@ class GanParams(StrictModel):
 
 
 def preset_training(training: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
-    """`training` with the default preset's Adam rate and the objective's betas filled in."""
+    """`training` with the preset's batch size, Adam rate and betas where it leaves them out:
+    the default preset's rate and the objective's betas, or the seed's shared defaults."""
     params = params or {}
+    if params.get("preset") == "seed":  # the shared defaults, as the gan kind had them
+        return {"batch_size": TrainingConfig.model_fields["batch_size"].default, **training}
     optimizer = training.get("optimizer") or {}
-    if params.get("preset") == "seed" or not isinstance(optimizer, dict):
+    if not isinstance(optimizer, dict):
         return training
     defaults = OBJECTIVE_DEFAULTS.get(params.get("loss", DEFAULT_PRESET["loss"]))
     if defaults is None or optimizer.get("name", "adam") != "adam":
@@ -175,11 +180,16 @@ def preset_training(training: dict[str, Any], params: dict[str, Any] | None = No
     return {**training, "optimizer": {**filled, **optimizer}}
 
 
+class GanTraining(TrainingConfig):
+    # Small batches: more generator updates an epoch, which small data sets need (measured).
+    batch_size: int = Field(32, ge=2, le=65_536)
+
+
 class GanSpec(JobSpec):
     kind: Literal["gan"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: GanParams = Field(default_factory=GanParams)
-    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(**preset_training({})))
+    training: GanTraining = Field(default_factory=lambda: GanTraining(**preset_training({})))
     preprocessing: Preprocessing = Field(
         default_factory=lambda: Preprocessing(scale="minmax", per_feature=None),
         description="Input scaling, fitted on the training split (default: minmax, which the "

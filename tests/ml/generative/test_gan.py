@@ -99,6 +99,10 @@ def test_the_default_networks() -> None:
     kinds = {type(layer).__name__ for layer in players.generator.layers}
     assert "BatchNormalization" not in kinds
     dense = [layer for layer in players.discriminator.layers if hasattr(layer, "units")]
+    assert [layer.units for layer in dense] == [256, 256, 1]
+    assert not any(isinstance(layer, SpectralDense) for layer in dense)
+    hinge = Players(GanParams(loss="hinge"), (2,), tanh=True).discriminator.layers
+    dense = [layer for layer in hinge if hasattr(layer, "units")]
     assert all(isinstance(layer, SpectralDense) for layer in dense)  # hinge: spectral norm
 
 
@@ -131,7 +135,7 @@ def test_each_epochs_quality_the_best_epoch_kept_and_early_stopping(
 
 
 def test_wgan_gp_with_r1_logs_its_wasserstein_estimate(tmp_path: Path, swiss: Dataset) -> None:
-    params = {**SMALL, "loss": "wgan_gp", "r1": 1.0, "d_learning_rate": 4e-4}
+    params = {**SMALL, "loss": "wgan_gp", "d_learning_rate": 4e-4}  # r1 1.0 by default
     outcome, reporter = train("gan", {"params": params, "training": FAST}, tmp_path, swiss)
     for name in ("wasserstein_estimate", "d_gradient_penalty", "d_r1_penalty", "jsd_lower_bound"):
         assert name in reporter.points, name

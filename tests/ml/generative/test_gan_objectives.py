@@ -139,14 +139,16 @@ def test_the_seed_preset_is_the_articles_gan() -> None:
 
     spec = _spec({"preset": "seed"})
     params = spec.params
-    assert (params.loss, params.discriminator_steps, params.ema, params.keep) == (
+    assert (params.loss, params.discriminator_steps, params.ema, params.keep, params.r1) == (
         "non_saturating",
         1,
         0.0,
         "last",
+        0.0,
     )
     opt = spec.training.optimizer  # Keras's Adam, as the article compiles it
     assert (opt.learning_rate, opt.beta_1, opt.beta_2) == (1e-3, None, None)
+    assert spec.training.batch_size == 64
     players = Players(params, (784,), tanh=True)
     layers = [
         (type(layer).__name__, getattr(layer, "units", None)) for layer in players.generator.layers
@@ -190,8 +192,12 @@ def test_the_default_preset_and_objective_defaults() -> None:
     assert GanParams() == GanParams(preset="default")  # the fields' defaults are the preset's
     spec = _spec({})
     opt = spec.training.optimizer
-    assert (opt.learning_rate, opt.beta_1, opt.beta_2) == (DEFAULT_LEARNING_RATE, 0.5, 0.9)
-    assert spec.params.spectral and spec.params.discriminator_steps == 1
+    assert (opt.learning_rate, opt.beta_1, opt.beta_2) == (DEFAULT_LEARNING_RATE, 0.5, 0.999)
+    assert spec.training.batch_size == 32
+    assert (spec.params.loss, spec.params.r1, spec.params.ema) == ("non_saturating", 1.0, 0.999)
+    assert not spec.params.spectral and spec.params.discriminator_steps == 1
+    hinge = _spec({"loss": "hinge"})
+    assert hinge.params.spectral and hinge.training.optimizer.beta_2 == 0.9
     wgan = _spec({"loss": "wgan_gp"}, {"optimizer": {"beta_2": 0.99}})
     assert wgan.params.discriminator_steps == 5 and not wgan.params.spectral
     assert (wgan.training.optimizer.beta_1, wgan.training.optimizer.beta_2) == (0.5, 0.99)
