@@ -28,29 +28,42 @@ import orjson
 
 from service.errors import ServiceError
 from service.inputs import bounded_int
-from service.schemas.inference import Rows
+from service.schemas.inference import ANSWER_MODELS, Rows
 
 JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 ARROW = "application/vnd.apache.arrow.stream"
 BINARY = {"type": "string", "format": "binary"}
+# The rows' JSON schema is one component, `Rows`, shared by the row operations (the OpenAPI
+# document adds it: service.api.openapi). `.npy` comes last: a generated client that maps both
+# binary types to one `File` sends a `File` as the last one it was told of.
 ROWS_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            JSON: {"schema": Rows.model_json_schema()},
-            NPY: {"schema": BINARY},
+            JSON: {"schema": {"$ref": "#/components/schemas/Rows"}},
             ARROW: {"schema": BINARY},
+            NPY: {"schema": BINARY},
         },
     }
 }
-ANSWERS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "JSON, or NumPy when asked with `Accept`",
-        "content": {JSON: {}, NPY: {}, NPZ: {}, ARROW: {}},
+
+
+def answers(operation: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answers of a model operation: its JSON model, or the binary formats."""
+    return {
+        200: {
+            "model": ANSWER_MODELS[operation],
+            "description": "JSON, or with `Accept`: `.npy` (the main array; other values in "
+            "`X-…` headers), `.npz` (every array) or an Arrow IPC stream",
+            "content": {
+                NPY: {"schema": BINARY},
+                NPZ: {"schema": BINARY},
+                ARROW: {"schema": BINARY},
+            },
+        }
     }
-}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from service import prom
-from service.api import docs, handlers
+from service.api import docs, handlers, openapi
 from service.api.routes import (
     dashboard,
     datasets,
@@ -73,7 +73,10 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
         dependencies=[Depends(authenticate)],
         docs_url=None,  # served with local assets by service.api.docs
         redoc_url=None,
+        openapi_tags=openapi.TAGS,
+        generate_unique_id_function=openapi.operation_id,
     )
+    openapi.install(app, settings)
     app.add_middleware(
         BodyLimit, max_bytes=settings.max_request_bytes, max_json_bytes=settings.max_json_bytes
     )

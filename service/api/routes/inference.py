@@ -62,16 +62,18 @@ def _row_route(operation: str, summary: str) -> None:
 
     route.__name__ = route.__qualname__ = operation
     route.__doc__ = summary
-    router.post(f"/{{ref}}/{operation}", openapi_extra=bodies.ROWS_BODY, responses=bodies.ANSWERS)(
-        route
-    )
+    router.post(
+        f"/{{ref}}/{operation}",
+        openapi_extra=bodies.ROWS_BODY,
+        responses=bodies.answers(operation),
+    )(route)
 
 
 for _operation, _summary in ROW_OPERATIONS.items():
     _row_route(_operation, _summary)
 
 
-@router.post("/{ref}/generate", responses=bodies.ANSWERS)
+@router.post("/{ref}/generate", responses=bodies.answers("generate"))
 async def generate(
     ref: str, body: GenerateRequest, request: Request, cache: ModelCacheDep
 ) -> Response:
@@ -84,7 +86,7 @@ async def generate(
 @router.get(
     "/{ref}/{picture}.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "a PNG image"}},
+    responses={200: {"content": {"image/png": {"schema": bodies.BINARY}}, "description": "a PNG"}},
 )
 async def picture(ref: str, picture: str, request: Request, cache: ModelCacheDep) -> Response:
     """One of the pictures the model's kind draws (its `pictures` list: samples, embedding, …)."""

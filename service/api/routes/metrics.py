@@ -31,7 +31,12 @@ SinceStep = Annotated[
 @router.get(
     "/{job_id}/metrics",
     response_model=MetricsOut,
-    responses={200: {"content": {"text/csv": {}}, "description": "JSON series, or CSV"}},
+    responses={
+        200: {
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+            "description": "JSON series, or with `format=csv` one CSV table (a column per metric)",
+        }
+    },
 )
 def get_metrics(
     job_id: str,

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from service import metric_plots
 from service.api.deps import MetricNamesDep, PrincipalDep, SessionDep
+from service.bodies import BINARY
 from service.schemas.common import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["metrics"], responses=ERROR_RESPONSES)
@@ -24,7 +25,10 @@ def _cache(request: Request) -> metric_plots.PngCache:
 
 @router.get(
     "/{job_id}/metrics.png",
-    responses={200: {"content": {"image/png": {}}, "description": "the plot"}},
+    responses={
+        200: {"content": {"image/png": {"schema": BINARY}}, "description": "the plot"},
+        304: {"description": "Not modified: the plot is the one `If-None-Match` names"},
+    },
     response_class=Response,
 )
 def metrics_png(
