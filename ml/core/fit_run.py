@@ -50,6 +50,7 @@ class Run:
     last_loss: float = float("nan")
     val_loss: float | None = None
     stopped_early: bool = False
+    equilibrium: float | None = None  # the last measuring point's `equilibrium`
     due: bool = False  # a measurement fell on a partial batch: take it at the next full one
     history: dict[str, list[float]] = field(default_factory=lambda: {"loss": [], "val_loss": []})
 

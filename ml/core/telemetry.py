@@ -12,6 +12,7 @@ read as preconditioned heavy-ball SGD; docs/thermodynamics.md derives each formu
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,12 @@ import numpy as np
 # θ̄, the running mean of θ that `temperature_virial` and `fdr_ratio` centre on: an EMA over
 # measuring points, kept in the training graph (it is as large as θ).
 THETA_MEAN_DECAY = 0.9
+# `equilibrium`: the fluctuation–dissipation relation tested over the last EQUILIBRIUM_WINDOW
+# measuring points (at least EQUILIBRIUM_MIN_POINTS); see EquilibriumTest.
+EQUILIBRIUM_WINDOW = 20
+EQUILIBRIUM_MIN_POINTS = 5
+EQUILIBRIUM_Z = 2.0
+EQUILIBRIUM_TOLERANCE = 0.5
 
 
 def gradient_noise_parts(
@@ -111,6 +118,36 @@ class WeightEntropy:
         self.m2 = state["m2"]  # type: ignore[assignment]
 
 
+class EquilibriumTest:
+    """Whether ⟨(θ − θ̄)·g⟩ = (α/2)(1 + μ)⟨vᵀPv⟩ holds over the recent measuring points (Yaida
+    2018), tested as SASA does (Lang, Xiao & Zhang 2019): with the residuals r = O_L − O_R,
+    O_L = (θ − θ̄)·g and O_R = (α/2)(1 + μ) vᵀPv, of the last EQUILIBRIUM_WINDOW points, the
+    confidence interval mean r ± z·SE must lie within ±δ·mean O_R (z = EQUILIBRIUM_Z,
+    δ = EQUILIBRIUM_TOLERANCE): the relation holds to δ, resolved by its standard error. A window
+    too noisy to resolve δ says 0. The statistic is t = mean r / SE. Points are taken as
+    independent (they are `every_steps` apart)."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque(maxlen=EQUILIBRIUM_WINDOW)
+
+    def reset(self) -> None:
+        self.samples.clear()
+
+    def update(self, left: float | None, right: float | None) -> tuple[float | None, float | None]:
+        """(equilibrium 0/1, t), or (None, None) while the window is too short."""
+        if left is not None and right is not None and math.isfinite(left - right):
+            self.samples.append((left, right))
+        n = len(self.samples)
+        if n < EQUILIBRIUM_MIN_POINTS:
+            return None, None
+        pairs = np.asarray(self.samples)
+        r = pairs[:, 0] - pairs[:, 1]
+        se = float(r.std(ddof=1)) / math.sqrt(n)
+        mean, scale = float(r.mean()), float(pairs[:, 1].mean())
+        holds = abs(mean) + EQUILIBRIUM_Z * se < EQUILIBRIUM_TOLERANCE * scale
+        return (1.0 if holds else 0.0), (mean / se if se > 0 else None)
+
+
 @dataclass
 class Measurement:
     """Raw quantities of one telemetry step (all floats on the host).
@@ -159,6 +196,7 @@ class Thermometer:
         self.virial, self.velocity, self.heat = Ema(decay), Ema(decay), Ema(decay)
         self.entropy = WeightEntropy(n_params, sampled)
         self.entropy_origin: float | None = None
+        self.equilibrium = EquilibriumTest()
 
     def _emas(self) -> dict[str, Ema]:
         return {
@@ -179,6 +217,7 @@ class Thermometer:
         entropy = self.entropy.state()
         scalars["entropy_count"] = entropy["count"]
         scalars["entropy_origin"] = self.entropy_origin
+        scalars["equilibrium_samples"] = [list(p) for p in self.equilibrium.samples]
         arrays = {
             f"entropy_{k}": np.asarray(v) for k, v in entropy.items() if isinstance(v, np.ndarray)
         }
@@ -194,6 +233,9 @@ class Thermometer:
                 **{k: arrays.get(f"entropy_{k}") for k in ("center", "mean", "m2")},
             }
         )
+        self.equilibrium.reset()
+        for left, right in scalars.get("equilibrium_samples", []):  # type: ignore[attr-defined]
+            self.equilibrium.samples.append((float(left), float(right)))
         origin = scalars.get("entropy_origin")
         self.entropy_origin = None if origin is None else float(origin)  # type: ignore[arg-type]
 
@@ -259,6 +301,12 @@ class Thermometer:
         scale = (rate / 2) * (1 + mu) / (1 - self.dampening)
         usable_fdr = virial is not None and velocity is not None and velocity > 0
         out["fdr_ratio"] = virial / (scale * velocity) if usable_fdr else None  # type: ignore[operator]
+        sides = (
+            (m.theta_dot_grad, scale * m.velocity_sqnorm)
+            if m.centered and m.velocity_sqnorm is not None
+            else (None, None)
+        )
+        out["equilibrium"], out["equilibrium_statistic"] = self.equilibrium.update(*sides)
         delta_s = (
             entropy - self.entropy_origin
             if entropy is not None and self.entropy_origin is not None

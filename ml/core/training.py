@@ -97,6 +97,20 @@ def _notify(callbacks: Sequence[Callback], hook: str, *args: Any) -> bool:
     return stop
 
 
+class Thermostat(Callback):
+    """`schedule: thermostat`: multiply the learning rate by `factor` each time the `equilibrium`
+    metric is 1, then wait for a new equilibrium at the new rate (its window starts afresh)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def on_measure(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        if metrics.get("equilibrium") == 1.0:
+            rate = trainer.optimizer.learning_rate
+            rate.assign(rate * self.factor)
+            trainer.thermometer.equilibrium.reset()
+
+
 def _data_options() -> tf.data.Options:
     options = tf.data.Options()
     # An autotuned iterator took up to 0.3 s to tear down at each epoch's end (a third of a
@@ -209,6 +223,8 @@ class Trainer(TrainingSteps):
             save_weights=save_weights,
             callbacks=list(callbacks),
         )
+        if self.config.schedule.name == "thermostat":
+            run.callbacks.insert(0, Thermostat(self.config.schedule.factor))
         epoch = self.start_epoch
         for epoch in range(self.start_epoch, self.config.epochs):
             asked = self._train_epoch(x_train, epoch, run)
@@ -254,6 +270,7 @@ class Trainer(TrainingSteps):
                 measured = self.measuring_step(x)
                 run.step += 1
                 metrics = self.record(run.step, measured, run.batch)
+                run.equilibrium = metrics.get("equilibrium")
                 stop = _notify(callbacks, "on_measure", self, run.step, metrics)
             else:
                 self.step(x)
@@ -281,14 +298,17 @@ class Trainer(TrainingSteps):
         self.reporter.progress(
             run.step / run.total_steps, epoch=epoch + 1, epochs=self.config.epochs, step=run.step
         )
-        stop = self._early_stop(run.val_loss)
+        stop = self._early_stop(run.val_loss, run.equilibrium)
         if run.checkpoint_dir is not None and run.save_weights is not None:
             self.save_checkpoint(run.checkpoint_dir, run.save_weights, epoch + 1)
             self.reporter.checkpoint()
         return _notify(run.callbacks, "on_epoch_end", self, epoch + 1, run.step, logs) or stop
 
-    def _early_stop(self, val_loss: float | None) -> bool:
+    def _early_stop(self, val_loss: float | None, equilibrium: float | None) -> bool:
         rule = self.config.early_stopping
+        if rule is not None and rule.monitor == "equilibrium":
+            self.bad_epochs = self.bad_epochs + 1 if equilibrium == 1.0 else 0
+            return self.bad_epochs >= rule.patience
         if rule is None or val_loss is None:
             return False
         if self.best_val is None or val_loss < self.best_val - rule.min_delta:

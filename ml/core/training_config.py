@@ -40,11 +40,18 @@ class OptimizerConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    name: Literal["constant", "exponential_decay", "cosine", "annealing"] = "constant"
+    name: Literal["constant", "exponential_decay", "cosine", "annealing", "thermostat"] = "constant"
     decay_steps: int = Field(1000, ge=1)
     decay_rate: float = Field(0.96, gt=0, le=1)
     staircase: bool = False
     alpha: float = Field(0.0, ge=0, le=1, description="cosine: final fraction of the rate.")
+    factor: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="thermostat: the rate is multiplied by this each time the `equilibrium` "
+        "metric says the fluctuation–dissipation relation holds.",
+    )
 
     @property
     def anneals_temperature(self) -> bool:
@@ -53,6 +60,11 @@ class ScheduleConfig(StrictModel):
 
 
 class EarlyStopping(StrictModel):
+    monitor: Literal["val_loss", "equilibrium"] = Field(
+        "val_loss",
+        description="val_loss: stop when it stops improving; equilibrium: stop when `patience` "
+        "epochs in a row end with the fluctuation–dissipation relation holding.",
+    )
     patience: int = Field(5, ge=1, description="Epochs without a better val_loss before stopping.")
     min_delta: float = Field(0.0, ge=0)
 

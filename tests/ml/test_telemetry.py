@@ -6,13 +6,17 @@ draws, or batch means of a Markov chain), never a hand-tuned tolerance; everythi
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
 from ml.core.telemetry import (
+    EQUILIBRIUM_MIN_POINTS,
+    EQUILIBRIUM_WINDOW,
     Ema,
+    EquilibriumTest,
     Measurement,
     Thermometer,
     WeightEntropy,
@@ -405,3 +409,42 @@ def test_thermometer_fdr_with_momentum_on_a_stationary_quadratic() -> None:
     scale = 0.5 * lr * (1 + mu)
     se = batch_means_se(virial - scale * vel) / (scale * vel.mean())
     assert abs(out["fdr_ratio"] - 1) < Z * se, (out["fdr_ratio"], se)
+
+
+# --- equilibrium ----------------------------------------------------------------------------
+
+
+def test_equilibrium_needs_a_window_and_the_relation_resolved_within_its_tolerance() -> None:
+    rng = np.random.default_rng(7)
+    test = EquilibriumTest()
+    right = 1.0 + 0.01 * rng.normal(size=EQUILIBRIUM_WINDOW)
+    left = right + 0.01 * rng.normal(size=EQUILIBRIUM_WINDOW)  # O_L = O_R within 1%
+    results = [test.update(a, b) for a, b in zip(left, right, strict=True)]
+    assert all(r == (None, None) for r in results[: EQUILIBRIUM_MIN_POINTS - 1])
+    flag, t = results[-1]
+    r = left - right
+    assert flag == 1.0 and t == pytest.approx(r.mean() / (r.std(ddof=1) / math.sqrt(len(r))))
+    # O_L = 2 O_R, precisely measured: not in equilibrium (a descending run).
+    drifting = EquilibriumTest()
+    for b in right:
+        flag, _ = drifting.update(2 * b, b)
+    assert flag == 0.0
+    # Unbiased but too noisy to resolve the tolerance: 0, not a false "equilibrium".
+    noisy = EquilibriumTest()
+    for b in right:
+        flag, _ = noisy.update(b + 10 * rng.normal(), b)
+    assert flag == 0.0
+    noisy.reset()
+    assert noisy.update(1.0, 1.0) == (None, None)
+
+
+def test_thermometer_reports_equilibrium_and_keeps_its_window_over_a_resume() -> None:
+    thermometer = Thermometer(optimizer="sgd", momentum=0.0, n_params=4, sampled=4)
+    # fdr holds exactly: θ·g = (η/2)|v|² with η = 0.1 and |v|² = 4.
+    points = [thermometer.update(_measurement(s, velocity_sqnorm=4.0)) for s in range(1, 8)]
+    assert points[EQUILIBRIUM_MIN_POINTS - 2]["equilibrium"] is None
+    assert points[-1]["equilibrium"] == 1.0
+    scalars, arrays = thermometer.state()
+    resumed = Thermometer(optimizer="sgd", momentum=0.0, n_params=4, sampled=4)
+    resumed.restore(json.loads(json.dumps(scalars)), arrays)
+    assert list(resumed.equilibrium.samples) == list(thermometer.equilibrium.samples)

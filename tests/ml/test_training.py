@@ -594,3 +594,37 @@ def test_a_measurement_due_on_a_partial_batch_is_taken_at_the_next_full_one() ->
     reporter = trainer.reporter
     trainer.fit(make_data()[0][:220])
     assert steps_of(reporter, "internal_energy") == [7, 15, 21, 29, 35]  # 42 is the last step
+
+
+# Equilibrium: the thermostat schedule and early stopping ------------------------------------
+
+THERMOSTAT = {
+    "epochs": 30,
+    "optimizer": {"learning_rate": 0.2},
+    "telemetry": {"every_steps": 3},
+}
+
+
+def test_thermostat_lowers_the_rate_at_each_equilibrium() -> None:
+    config = make_config(**THERMOSTAT, schedule={"name": "thermostat", "factor": 0.3})
+    _, reporter, _, _ = run(config)
+    steps, rates = reporter.series("lr")
+    equilibrium = reporter.points["equilibrium"]
+    lowered = [s for s, a, b in zip(steps[1:], rates, rates[1:], strict=False) if b < a]
+    assert lowered, "the rate was never lowered"
+    for step, rate in zip(steps, rates, strict=True):
+        k = sum(1 for s in lowered if s <= step)  # reductions before this point's update
+        assert rate == pytest.approx(0.2 * 0.3**k, rel=1e-5)
+    for s in lowered:  # each reduction follows a point in equilibrium
+        before = max(p for p in steps if p < s)
+        assert equilibrium[before] == 1.0
+    _, constant, _, _ = run(make_config(**THERMOSTAT))
+    assert constant.series("lr")[1] == pytest.approx([0.2] * len(constant.series("lr")[1]))
+
+
+def test_early_stopping_on_equilibrium() -> None:
+    config = make_config(**THERMOSTAT, early_stopping={"monitor": "equilibrium", "patience": 1})
+    _, reporter, result, _ = run(config)
+    assert result.stopped_early and result.epochs_run < 30
+    last = max(reporter.points["equilibrium"])
+    assert reporter.points["equilibrium"][last] == 1.0
