@@ -79,6 +79,10 @@ class EpochQuality:
     images: bool
     seed: int
     classifier: Any = None
+    offset: Any = None  # standardising, as the final evaluation does
+    scale: Any = None
+    reference_std: Any = None
+    reference_features: Any = None
     floor: dict[str, float] = field(default_factory=dict)
     best_score: float = math.inf
     best_epoch: int = 0
@@ -96,10 +100,14 @@ class EpochQuality:
             reference = data.scaler.inverse_transform(data.validation)
         else:
             reference = data.held_out_a
+        reference = reference[: sq.MAX_ROWS]  # the distances subsample beyond this anyway
         rows = min(MAX_SAMPLES, len(data.held_out_b))
         self = cls(reference, data.held_out_b[:rows], data.train_raw, data.images, seed)
+        self.offset, self.scale = sq.standardizer(data.train_raw)
+        self.reference_std = self._standardized(reference)
         if data.images:
             self.classifier = sq.FeatureClassifier.fit(data.train_raw, data.labels, seed)
+            self.reference_features = self.classifier.features(reference)
         self.floor = self._measure(self.floor_rows)
         return self
 
@@ -107,19 +115,20 @@ class EpochQuality:
     def metric(self) -> str:
         return "frechet_distance" if self.images else "energy_distance"
 
+    def _standardized(self, rows: np.ndarray) -> np.ndarray:
+        return (rows.reshape(len(rows), -1) - self.offset) / self.scale
+
     def _measure(self, rows: np.ndarray) -> dict[str, float]:
-        offset, scale = sq.standardizer(self.train_raw)
-        flat = (rows.reshape(len(rows), -1) - offset) / scale
-        finite = np.isfinite(flat).all(axis=1)
-        if not finite.any():
-            return {"energy_distance": math.inf, "frechet_distance": math.inf}
-        ref = (self.reference.reshape(len(self.reference), -1) - offset) / scale
-        out = {"energy_distance": sq.energy_distance(flat[finite], ref)}
+        """Distances of `rows` (data units) to the reference; NaN when any row is not finite
+        (such a generator is never the best)."""
+        flat = self._standardized(rows)
+        names = ["energy_distance", "frechet_distance"] if self.images else ["energy_distance"]
+        if not np.isfinite(flat).all():
+            return dict.fromkeys(names, math.nan)
+        out = {"energy_distance": sq.energy_distance(flat, self.reference_std)}
         if self.images:
-            fg = self.classifier.features(rows[finite])
-            out["frechet_distance"] = sq.frechet_distance(
-                fg, self.classifier.features(self.reference)
-            )
+            features = self.classifier.features(rows)
+            out["frechet_distance"] = sq.frechet_distance(features, self.reference_features)
         return out
 
     def measure(self, samples: np.ndarray) -> dict[str, float]:
@@ -127,7 +136,8 @@ class EpochQuality:
         values = self._measure(samples)
         points = {f"val_{k}": v for k, v in values.items()}
         points.update({f"val_{k}_floor": v for k, v in self.floor.items()})
-        self.last = values[self.metric]
+        value = values[self.metric]
+        self.last = value if math.isfinite(value) else math.inf
         return points
 
     def note(self, epoch: int, min_delta: float, weights: list[np.ndarray]) -> None:

@@ -210,3 +210,30 @@ def test_the_default_preset_and_objective_defaults() -> None:
     assert GanSpec.model_validate(stored) == _spec({"loss": "hinge"})
     with pytest.raises(ValueError, match="label_smoothing"):
         _spec({"loss": "hinge", "label_smoothing": 0.1})
+
+
+def test_epoch_quality_keeps_the_best_finite_epoch() -> None:
+    from ml.generative.gan_quality import EpochQuality
+    from ml.generative.shared import GenerativeData
+
+    rng = np.random.default_rng(0)
+
+    def real(n: int) -> np.ndarray:
+        return rng.standard_normal((n, 2)).astype(np.float32)
+
+    empty = np.zeros((0, 2), np.float32)
+    data = GenerativeData(real(400), empty, real(400), real(300), real(300), None, None)  # type: ignore[arg-type]
+    quality = EpochQuality.for_data(data, seed=0)
+    assert quality is not None and quality.floor["energy_distance"] > 0
+    good, shifted = real(300), real(300) + 3.0
+    broken = good.copy()
+    broken[0, 0] = np.nan
+    points = []
+    for epoch, rows in enumerate([shifted, good, broken, shifted], start=1):
+        points.append(quality.measure(rows))
+        quality.note(epoch, 0.0, [rows])
+    assert points[1]["val_energy_distance"] < points[0]["val_energy_distance"]
+    assert math.isnan(points[2]["val_energy_distance"])  # never the best
+    assert quality.best_epoch == 2 and np.array_equal(quality.best_weights[0], good)
+    assert quality.bad_epochs == 2
+    assert points[0]["val_energy_distance_floor"] == quality.floor["energy_distance"]
