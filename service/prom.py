@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.routing import Match, Mount
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import auth
@@ -139,6 +139,8 @@ def _plain_route(app: Any, asked: Scope) -> str:
     """The template of a Starlette route that does not record itself in the scope (the OpenAPI
     document, the docs' static files); `<unmatched>` when no route has the path."""
     for route in getattr(getattr(app, "router", None), "routes", ()):
+        if not isinstance(route, Route | Mount):
+            continue  # e.g. an included router: its routes record themselves
         match, _ = route.matches(asked)
         if match is Match.FULL:
             return f"{route.path}/{{path}}" if isinstance(route, Mount) else str(route.path)

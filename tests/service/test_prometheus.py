@@ -248,3 +248,19 @@ def test_metrics_auth_required_needs_a_key(settings: Settings) -> None:
         )
         assert scrape(client, headers={"Authorization": f"Bearer {reader}"})
         assert client.get("/healthz").status_code == 200  # the rest stays as it was
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs/x/nowhere", "/v1/models/m/nothing/here", "/v1/jobs/%00", "/%00/x"]
+)
+def test_unmatched_paths_under_included_routers_are_counted_not_500(
+    client: TestClient, path: str
+) -> None:
+    assert client.get(path).status_code in (404, 405, 422)
+    samples = scrape(client)
+    unmatched = [
+        v
+        for (name, labels), v in samples.items()
+        if name == "thermoml_http_requests_total" and dict(labels)["route"] == prom.UNMATCHED
+    ]
+    assert unmatched, "an unmatched path is counted under <unmatched>"
