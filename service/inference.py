@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -21,11 +22,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from ml.core.registry import get_kind
+from ml.core.registry import LoadFn, get_kind
 from ml.core.serving import Servable
 from service.admission import Admission
 from service.batching import Batcher
@@ -80,6 +81,12 @@ class ModelInfo:
         return sum(int(entry.get("size", 0)) for entry in self.files.values())
 
 
+class Forgets(Protocol):
+    """What else holds loaded models (the model processes), told when a model is deleted."""
+
+    def forget(self, model_id: str) -> None: ...
+
+
 @dataclass
 class _Entry:
     servable: Servable
@@ -103,6 +110,7 @@ class ModelCache:
         self._refs: dict[tuple[str, str], tuple[float, ModelInfo]] = {}
         self.in_flight = 0  # operations under way (a lone one may skip the batching path)
         self.admission = Admission(settings)  # bounds per model, and the inference threads
+        self.processes: Forgets | None = None  # the model processes, once a request needed them
 
     def known(self, ref: str, scope: Scope) -> ModelInfo | None:
         """What `ref` resolved to for `scope` less than `model_ref_ttl` seconds ago (never
@@ -134,7 +142,8 @@ class ModelCache:
         with self._lock:
             return sum(e.bytes for e in self._entries.values())
 
-    def get(self, info: ModelInfo) -> Servable:
+    def get(self, info: ModelInfo, *, load: LoadFn | None = None) -> Servable:
+        """The loaded model of `info` (loaded with `load`, by default its kind's)."""
         key = info.cache_key
         with self._lock:
             entry = self._entries.get(key)
@@ -146,14 +155,15 @@ class ModelCache:
             with self._lock:
                 entry = self._entries.get(key)
             if entry is None:
-                files = self._download(info)  # a store that fails costs no loaded model
+                load = load or get_kind(info.kind).load
+                files = self._download(info, load)  # a store that fails costs no loaded model
                 # Make room first, from the files' size: loading next to the models it will
                 # replace would hold both at once.
                 with self._lock:
                     evicted = self._evict(incoming=estimated_bytes(info))
                 if evicted:
                     release_memory()
-                entry = self._load(info, files)
+                entry = self._load(info, files, load)
                 with self._lock:
                     self._entries[key] = entry
                     self._evict()
@@ -201,6 +211,8 @@ class ModelCache:
         if dropped:
             release_memory()
         self.admission.forget(model_id)
+        if self.processes is not None:
+            self.processes.forget(model_id)
         shutil.rmtree(self.folder / model_id, ignore_errors=True)
 
     def _evict(self, incoming: int = 0) -> int:
@@ -218,15 +230,26 @@ class ModelCache:
             log.info("model cache: evicted %s", key)
         return evicted
 
-    def _download(self, info: ModelInfo) -> dict[str, Path]:
-        if get_kind(info.kind).load is None:
+    def _download(self, info: ModelInfo, load: LoadFn | None) -> dict[str, Path]:
+        if load is None:
             raise ServiceError("unsupported_operation", f"kind {info.kind!r} serves nothing")
         folder = self.folder / info.id / info.sha256[:16]
-        return self.store.download_files(info.files, folder)
+        return {name: self._fetch(entry, folder) for name, entry in info.files.items()}
 
-    def _load(self, info: ModelInfo, files: dict[str, Path]) -> _Entry:
-        kind = get_kind(info.kind)
-        assert kind.load is not None  # checked by _download
+    def _fetch(self, entry: dict[str, Any], folder: Path) -> Path:
+        """One file of the model into `folder`, whole or not at all: the API and its model
+        processes share the folder, and one must never read a file the other is rewriting."""
+        local = folder / entry["key"].rsplit("/", 1)[-1]
+        part = folder / f".{local.name}.{os.getpid()}.{threading.get_ident()}.part"
+        try:
+            self.store.download(entry["key"], part, sha256=entry["sha256"])
+            os.replace(part, local)
+        finally:
+            part.unlink(missing_ok=True)
+        return local
+
+    def _load(self, info: ModelInfo, files: dict[str, Path], load: LoadFn | None) -> _Entry:
+        assert load is not None  # checked by _download
         meta = {
             "input_shape": info.input_shape,
             "preprocessing": info.preprocessing,
@@ -235,7 +258,7 @@ class ModelCache:
         }
         runtime_loaded = "tensorflow" in sys.modules
         before = resident_bytes()
-        servable = kind.load(files, meta)
+        servable = load(files, meta)
         grown = resident_bytes() - before
         if not runtime_loaded and "tensorflow" in sys.modules:
             grown = 0  # that was TensorFlow starting, which eviction cannot give back
@@ -278,6 +301,4 @@ def resident_bytes() -> int:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return 0
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE")
