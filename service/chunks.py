@@ -1,5 +1,6 @@
 """Long model work in chunks: between two chunks a request checks its deadline and its client,
-and stops when either is gone, so the work of a request nobody waits for is freed.
+and stops when either is gone, so the work of a request nobody waits for is freed. Where each
+chunk runs (the API's inference threads or a model process) is `service.placement`'s choice.
 
 Rows are independent of the rows computed with them (micro-batching already relies on it), so
 a row operation's chunks are sized by time: about `CHUNK_S` at the model's measured speed, never
@@ -13,12 +14,12 @@ depend on the chunking (VAE, GAN) gives the very samples one call would.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from service.admission import Admission, ClientGone, Disconnected, Gate, Ticket
+from service.admission import ClientGone, Disconnected, Gate, Ticket
 from service.batching import join
 
 CHUNK_S = 0.5  # seconds of work between two checks of the deadline and the client
@@ -26,26 +27,29 @@ GENERATE_CHUNK = 512  # samples per generate call
 
 
 async def run(
-    admission: Admission,
     gate: Gate,
     ticket: Ticket,
     *,
     operation: str,
-    compute: Callable[[int, int], dict[str, Any]],
+    compute: Callable[[int, int], Awaitable[dict[str, Any]]],
     total: int,
     chunk: Callable[[], int],
     unit: int = 1,
     disconnected: Disconnected | None = None,
+    prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """`compute(start, stop)` over `range(total)` in chunks of `chunk()` items (each `unit`
-    units of the estimate); the parts joined."""
+    """`await compute(start, stop)` over `range(total)` in chunks of `chunk()` items (each
+    `unit` units of the estimate); the parts joined. `prepare()` runs before each chunk, outside
+    its measured time (where the chunk will run, and its model loaded there)."""
     parts: list[dict[str, Any]] = []
     sizes: list[int] = []
     done = 0
     while done < total:
         size = min(chunk(), total - done)
+        if prepare is not None:
+            await prepare()
         started = time.perf_counter()
-        parts.append(await admission.run_sync(compute, done, done + size, heavy=ticket.heavy))
+        parts.append(await compute(done, done + size))
         gate.measured(operation, size * unit, time.perf_counter() - started, size)
         sizes.append(size)
         done += size

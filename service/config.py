@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         8, ge=1, description="Threads of model work in the API process (apart from routes')."
     )
+    inference_processes: int = Field(
+        1,
+        ge=0,
+        le=64,
+        description="Child processes that run heavy model work, away from the API's event loop "
+        "and interpreter lock (0: heavy work on the API's own threads).",
+    )
     inference_nice: int = Field(
         10,
         ge=0,

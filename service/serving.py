@@ -5,7 +5,8 @@ An operation the model's kind does not serve is a 409 `unsupported_operation` na
 serves; rows that do not fit the model are a 422 naming the expected shape. Rows are raw: the
 model applies its own preprocessing. Concurrent requests for one model are micro-batched
 (`THERMOML_BATCHING`); every request is first admitted by its model's gate
-(`service.admission`), and long work runs in chunks (`service.chunks`).
+(`service.admission`), and long work runs in chunks (`service.chunks`), heavy work in a model
+process (`service.placement`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.config import Settings
 from service.db.tenancy import Scope
 from service.errors import ServiceError
 from service.inference import ModelCache, ModelInfo, Sessions
+from service.placement import Placement
 
 # The array an operation answers with first (a `.npy` answer holds only it).
 PRIMARY = {
@@ -88,16 +90,18 @@ async def run_rows(
             if not ticket.needs_slot:
                 answer = await _batched(cache, settings, info, operation, x)
             else:
-                servable = await cache.admission.run_sync(cache.get, info)
+                place = Placement(
+                    cache, settings, info, gate, ticket, operation=operation, units=len(x)
+                )
                 answer = await chunks.run(
-                    cache.admission,
                     gate,
                     ticket,
                     operation=operation,
-                    compute=lambda i, j: servable.run(operation, x[i:j]),
+                    compute=lambda i, j: place.run(x[i:j], {}),
                     total=len(x),
                     chunk=chunks.row_chunk(gate, operation, settings.batch_max_rows),
                     disconnected=disconnected,
+                    prepare=place.prepare,
                 )
         prom.observe_inference(info.kind, len(x), time.perf_counter() - started)
         return answer
@@ -198,17 +202,19 @@ async def generate(
     started = time.perf_counter()
     try:
         async with _admitted(gate, ticket, disconnected):
-            servable = await cache.admission.run_sync(cache.get, info)
+            place = Placement(
+                cache, settings, info, gate, ticket, operation="generate", units=n * steps
+            )
             answer = await chunks.run(
-                cache.admission,
                 gate,
                 ticket,
                 operation="generate",
-                compute=lambda i, j: servable.run("generate", None, **{**chunked, "n": j - i}),
+                compute=lambda i, j: place.run(None, {**chunked, "n": j - i}),
                 total=n,
                 chunk=lambda: chunks.GENERATE_CHUNK,
                 unit=steps,
                 disconnected=disconnected,
+                prepare=place.prepare,
             )
     except ValueError as exc:  # options the model refuses (a sampler, steps beyond its chain)
         raise ServiceError("validation_error", str(exc)) from exc

@@ -76,7 +76,10 @@ def slowpoke() -> Iterator[None]:
 
 
 def serve(settings: Settings, **update: Any) -> tuple[TestClient, dict[str, str]]:
-    """A client of an app with `update`d settings, one slowpoke model `slow`, and two keys."""
+    """A client of an app with `update`d settings, one slowpoke model `slow`, and two keys.
+    Model work stays on the API's threads (what these tests count and time); heavy work in
+    model processes is tests/abuse/test_offload.py's."""
+    update = {"inference_processes": 0, **update}
     app = create_app(settings.model_copy(update=update), reconcile=False)
     app.state.publisher = RecordingPublisher()
     keys = {}
@@ -250,13 +253,15 @@ def test_chunked_work_stops_when_the_client_leaves() -> None:
             computed.append(j - i)
             return {"scores": np.zeros(j - i)}
 
+        async def on_a_thread(i: int, j: int) -> dict[str, Any]:
+            return await admission.run_sync(compute, i, j)
+
         with pytest.raises(ClientGone):
             await chunks.run(
-                admission,
                 gate,
                 ticket,
                 operation="score",
-                compute=compute,
+                compute=on_a_thread,
                 total=100,
                 chunk=lambda: 10,
                 disconnected=gone_after_two,
