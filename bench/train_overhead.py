@@ -36,10 +36,10 @@ telemetry and without any, one after the other, timed epoch by epoch. The steady
 epoch of the first measuring point (compiling the measuring step, a one-off cost of a few seconds
 that is reported on its own, with the overhead it makes on the whole job). On a busy machine two
 whole jobs of a few seconds differ by more than their telemetry, so the figure held against the
-target comes from per-step costs instead: the median epoch of a job measuring at every step
-against one that never measures (3 epochs each) gives the seconds of a measuring and of a plain
-step, and the job's measuring points times their difference over its plain steps' time is the
-overhead.
+target comes from per-step costs instead: the fastest epoch of a job measuring at every step
+against that of one that never measures (3 epochs each; medians over the repeats) gives the
+seconds of a measuring and of a plain step, and the job's measuring points times their
+difference over its plain steps' time is the overhead.
 
     python bench/train_overhead.py [--epochs 10] [--repeats 3] [--only vae ...] [--quick]
         [--overhead-steps 1000]
@@ -296,7 +296,8 @@ def timed_job(case: Case, steps: int, telemetry: bool) -> Job:
 
 def measuring_cost(case: Case, epochs: int) -> tuple[float, float]:
     """Seconds of a plain step and of a measuring step: a job measuring at every step against
-    one that never measures, medians of their epochs (the first, compiling, left out)."""
+    one that never measures, each from its fastest epoch (the first, compiling, left out): the
+    least disturbed by other load, as timeit takes the minimum."""
     per_step = []
     for every in (10**9, 1):
         config = TrainingConfig.model_validate(
@@ -309,7 +310,7 @@ def measuring_cost(case: Case, epochs: int) -> tuple[float, float]:
         )
         clock = EpochClock()
         case.trainer(case.objective(), config).fit(case.x, None, callbacks=[clock])
-        per_step.append(statistics.median(clock.times[1:]) / math.ceil(len(case.x) / case.batch))
+        per_step.append(min(clock.times[1:]) / math.ceil(len(case.x) / case.batch))
     return per_step[0], per_step[1]
 
 
