@@ -133,7 +133,11 @@ class GanParams(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("preset"), str)
+            and data["preset"] in PRESETS
+        ):
             return {**PRESETS[data["preset"]], **data}
         return data
 
@@ -169,7 +173,8 @@ def preset_training(training: dict[str, Any], params: dict[str, Any] | None = No
     optimizer = training.get("optimizer") or {}
     if not isinstance(optimizer, dict):
         return training
-    defaults = OBJECTIVE_DEFAULTS.get(params.get("loss", DEFAULT_PRESET["loss"]))
+    loss = params.get("loss", DEFAULT_PRESET["loss"])
+    defaults = OBJECTIVE_DEFAULTS.get(loss) if isinstance(loss, str) else None  # else a 422 later
     if defaults is None or optimizer.get("name", "adam") != "adam":
         return training
     filled = {

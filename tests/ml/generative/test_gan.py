@@ -177,3 +177,13 @@ def test_resumes_both_players_and_standard_scaling_gives_a_linear_output(
     assert resumed.result["resumed"] is True and resumed.result["iterations"] == 26
     assert min(points.series("d_loss")[0]) > max(first.series("d_loss")[0])
     assert resumed.model is not None and resumed.model.calibration["tanh_minmax"] is False
+
+
+@pytest.mark.parametrize(
+    "params", [{"preset": {}}, {"preset": ["seed"]}, {"loss": {}}, {"preset": "seed", "loss": []}]
+)
+def test_a_preset_or_loss_that_is_not_a_name_is_a_422_not_a_500(params: dict[str, Any]) -> None:
+    from ml.generative.gan import GanSpec
+
+    with pytest.raises(ValueError, match="validation error"):
+        GanSpec.model_validate({"kind": "gan", "dataset": "builtin:moons", "params": params})
