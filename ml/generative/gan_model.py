@@ -107,6 +107,7 @@ class GanLoop:
         self.quality = quality
         self.average = GeneratorAverage(players.generator, params.ema)
         self.last: dict[str, float] = {}  # the latest d_loss, g_loss, accuracies, bounds
+        self.every = self.config.telemetry.every_steps  # set from the job's length in `fit`
         discriminator = DiscriminatorObjective(
             players,
             params.loss,
@@ -204,6 +205,8 @@ class GanLoop:
             )
         for trainer in self.trainers.values():
             trainer.prepare(x[:batch])
+        # Generator iterations between measurements ("auto": from the job's iterations).
+        self.every = cfg.telemetry.interval(per_epoch * cfg.epochs)
         started = time.perf_counter()
         epochs_run = self.start_epoch
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -231,7 +234,7 @@ class GanLoop:
         batches = x[order[: per_epoch * self.d_steps * batch]]
         batches = batches.reshape(per_epoch * self.d_steps, batch, *x.shape[1:])
         for i in range(per_epoch):
-            measure = (self.iteration + 1) % cfg.telemetry.every_steps == 0
+            measure = (self.iteration + 1) % self.every == 0
             for j in range(self.d_steps):
                 real = tf.constant(batches[i * self.d_steps + j])
                 if measure and j == self.d_steps - 1:

@@ -187,3 +187,14 @@ def test_a_preset_or_loss_that_is_not_a_name_is_a_422_not_a_500(params: dict[str
 
     with pytest.raises(ValueError, match="validation error"):
         GanSpec.model_validate({"kind": "gan", "dataset": "builtin:moons", "params": params})
+
+
+def test_the_auto_interval_measures_every_iteration_of_a_short_job(
+    tmp_path: Path, swiss: Dataset
+) -> None:
+    params = {**SMALL, "d_steps": 2}
+    training = {**FAST, "telemetry": {"microbatches": 2}}  # every_steps: "auto"
+    outcome, reporter = train("gan", {"params": params, "training": training}, tmp_path, swiss)
+    assert outcome.result["iterations"] == 12
+    for player in ("d_", "g_"):
+        assert len(reporter.series(player + "internal_energy")[0]) == 12, player
