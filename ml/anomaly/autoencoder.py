@@ -113,6 +113,8 @@ class AutoencoderParams(AnomalyThreshold):
 
 
 class AutoencoderSpec(JobSpec):
+    """An autoencoder for representation learning and anomaly scores."""
+
     kind: Literal["autoencoder"]
     distributable: ClassVar[bool] = True
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
@@ -135,7 +137,6 @@ AutoencoderSpec.example = {
 
 register_kind(
     spec=AutoencoderSpec,
-    summary="An autoencoder for representation learning and anomaly scores.",
     serves=frozenset({"encode", "reconstruct", "score"}),
     servable="ml.anomaly.serving:AutoencoderServable",
 )(run_autoencoding)

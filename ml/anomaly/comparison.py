@@ -70,6 +70,8 @@ class ComparisonParams(AnomalyThreshold):
 
 
 class ComparisonSpec(JobSpec):
+    """Anomaly detectors compared on one data set: ROC-AUC, PR-AUC and the ROC picture."""
+
     kind: Literal["detector_comparison"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: ComparisonParams = Field(default_factory=ComparisonParams)
@@ -151,7 +153,6 @@ class MemberReporter:
 
 @register_kind(
     spec=ComparisonSpec,
-    summary="Anomaly detectors compared on one data set: ROC-AUC, PR-AUC and the ROC picture.",
     category="model",
     pictures=frozenset({"roc"}),
     servable="ml.anomaly.comparison_model:ComparisonServable",

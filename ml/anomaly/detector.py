@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ml.anomaly.autoencoder import AnomalyThreshold
-from ml.anomaly.scoring import evaluate, threshold
+from ml.anomaly.scoring import calibrate, evaluate
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
 from ml.core.reporting import CPU, JobFailed, Reporter, RunContext, RunOutcome
@@ -123,6 +123,8 @@ class DetectorParams(AnomalyThreshold):
 
 
 class DetectorSpec(JobSpec):
+    """Classical anomaly detectors (isolation forest, one-class SVM, LOF, ECOD)."""
+
     kind: Literal["detector"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: DetectorParams = Field(default_factory=DetectorParams)
@@ -153,7 +155,6 @@ SERVES = frozenset({"score"})
 
 @register_kind(
     spec=DetectorSpec,
-    summary="Classical anomaly detectors (isolation forest, one-class SVM, LOF, ECOD).",
     serves=SERVES,
     servable="ml.anomaly.detector_model:DetectorServable",
 )
@@ -176,19 +177,17 @@ def run(spec: DetectorSpec, reporter: Reporter, context: RunContext) -> RunOutco
     reporter.progress(0.7, method=p.method)
     x_cal = scaled(parts.calibration)
     held_out = model.score(x_cal if len(x_cal) else x_fit)
-    cut = threshold(held_out, p.contamination, p.target_fpr)
+    calibration = calibrate(
+        p,
+        held_out,
+        p.method,
+        normal_score_mean=float(held_out.mean()),
+        normal_score_std=float(held_out.std()),
+    )
     evaluation: dict[str, Any] = {}
     if parts.truth is not None and len(parts.evaluation):
-        evaluation = evaluate(model.score(scaled(parts.evaluation)), parts.truth, cut)
-    calibration = {
-        "threshold": cut,
-        "contamination": p.contamination,
-        "target_fpr": p.target_fpr,
-        "calibration_rows": len(held_out),
-        "score": p.method,
-        "normal_score_mean": float(held_out.mean()),
-        "normal_score_std": float(held_out.std()),
-    }
+        scores = model.score(scaled(parts.evaluation))
+        evaluation = evaluate(scores, parts.truth, calibration["threshold"])
     path = model.save(context.workdir / "model" / MODEL_FILE)
     outcome = model_outcome(
         {"detector": path},
@@ -204,7 +203,7 @@ def run(spec: DetectorSpec, reporter: Reporter, context: RunContext) -> RunOutco
         "fit_rows": len(x_fit),
         "features": rows.features,
         "stored_values": model.stored_values,
-        "threshold": cut,
+        "threshold": calibration["threshold"],
         **{k: v for k, v in evaluation.items() if k in ("roc_auc", "pr_auc")},
     }
     reporter.progress(1.0, method=p.method)

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 from ml.anomaly.autoencoder import AnomalyThreshold
 from ml.anomaly.comparison import Detector as DetectorName
 from ml.anomaly.comparison import MemberReporter, member_spec, own_field, train_member
-from ml.anomaly.scoring import evaluate, threshold
+from ml.anomaly.scoring import calibrate, evaluate
 from ml.core.registry import register_kind
 from ml.core.reporting import CPU, JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
 from ml.core.sizing import SizeEstimate
@@ -66,6 +66,8 @@ class EnsembleParams(AnomalyThreshold):
 
 
 class EnsembleSpec(JobSpec):
+    """Anomaly detectors trained together, their standardised scores combined."""
+
     kind: Literal["ensemble"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: EnsembleParams
@@ -126,7 +128,6 @@ SERVES = frozenset({"score"})
 
 @register_kind(
     spec=EnsembleSpec,
-    summary="Anomaly detectors trained together, their standardised scores combined.",
     serves=SERVES,
     servable="ml.anomaly.ensemble_model:EnsembleServable",
 )
@@ -156,21 +157,14 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
         members[-1]["servable"] = trained.servable  # dropped before the meta is stored
     combined = em.Combination(members, p.combine)
     normal = combined.score(calibration_rows)
-    cut = threshold(normal, p.contamination, p.target_fpr)
+    score = f"{p.combine} of {p.standardise} member scores"
+    calibration = calibrate(p, normal, score, combine=p.combine, members=members)
+    cut = calibration["threshold"]
     evaluation: dict[str, Any] = {}
     if parts.truth is not None and len(parts.evaluation):
         evaluation = evaluate(combined.score(rows.raw[parts.evaluation]), parts.truth, cut)
     for m in members:
-        m.pop("servable")
-    calibration = {
-        "threshold": cut,
-        "contamination": p.contamination,
-        "target_fpr": p.target_fpr,
-        "calibration_rows": len(normal),
-        "score": f"{p.combine} of {p.standardise} member scores",
-        "combine": p.combine,
-        "members": members,
-    }
+        m.pop("servable")  # in place: also out of the calibration's members
     model = ModelOutcome(
         files=files,
         input_shape=list(rows.feature_shape),

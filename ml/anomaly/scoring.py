@@ -106,6 +106,20 @@ def threshold(scores: np.ndarray, contamination: float, target_fpr: float | None
     return float(np.quantile(scores, 1.0 - rate))
 
 
+def calibrate(params: Any, normal: np.ndarray, score: str, **extra: Any) -> dict[str, Any]:
+    """What a served detector keeps of its calibration: the threshold made from the scores of
+    held-out normal rows (`normal`) by `params.contamination` or `params.target_fpr`, what it
+    was made from, the score's name, and `extra` fields of the kind's."""
+    return {
+        "threshold": threshold(normal, params.contamination, params.target_fpr),
+        "contamination": params.contamination,
+        "target_fpr": params.target_fpr,
+        "calibration_rows": len(normal),
+        "score": score,
+        **extra,
+    }
+
+
 def evaluate(scores: np.ndarray, truth: np.ndarray, cut: float) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -156,20 +170,16 @@ def train_autoencoding(spec: Any, reporter: Reporter, context: RunContext) -> Ru
     )
     held_out = data.validation if len(data.validation) else data.train
     score_fn, extras = objective.scorer(np.concatenate([data.train, data.validation]))
-    cut = threshold(
-        ae.batched(score_fn, held_out), spec.params.contamination, spec.params.target_fpr
+    calibration = calibrate(
+        spec.params,
+        ae.batched(score_fn, held_out),
+        objective.score_name,
+        output_sigmoid=bool(objective.output_sigmoid),
     )
+    cut = calibration["threshold"]
     evaluation: dict[str, Any] = {}
     if data.evaluation_truth is not None and len(data.evaluation):
         evaluation = evaluate(ae.batched(score_fn, data.evaluation), data.evaluation_truth, cut)
-    calibration = {
-        "threshold": cut,
-        "contamination": spec.params.contamination,
-        "target_fpr": spec.params.target_fpr,
-        "calibration_rows": len(held_out),
-        "score": objective.score_name,
-        "output_sigmoid": bool(objective.output_sigmoid),
-    }
     model = ModelOutcome(
         files=ae.save_artifacts(objective, context.workdir / "model", extras),
         input_shape=list(input_shape),

@@ -39,6 +39,8 @@ class VaeParams(AutoencoderParams):
 
 
 class VaeSpec(AutoencoderSpec):
+    """A variational autoencoder: encode, reconstruct, anomaly scores (−ELBO), samples."""
+
     kind: Literal["vae"]  # type: ignore[assignment]
     params: VaeParams = Field(default_factory=VaeParams)
 
@@ -54,7 +56,6 @@ VaeSpec.example = {
 
 register_kind(
     spec=VaeSpec,
-    summary="A variational autoencoder: encode, reconstruct, anomaly scores (−ELBO), samples.",
     serves=frozenset({"encode", "reconstruct", "score", "generate"}),
     servable="ml.anomaly.serving:VaeServable",
 )(run_autoencoding)

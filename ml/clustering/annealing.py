@@ -63,6 +63,8 @@ class AnnealingParams(StrictModel):
 
 
 class AnnealingSpec(JobSpec):
+    """Deterministic annealing clustering: phase transitions of a cooling codebook."""
+
     kind: Literal["annealing"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: AnnealingParams = Field(default_factory=AnnealingParams)
@@ -118,12 +120,7 @@ class CoolingCurve:
         self.reporter.progress(fraction, temperature=state.temperature, n_clusters=state.n_clusters)
 
 
-@register_kind(
-    spec=AnnealingSpec,
-    summary="Deterministic annealing clustering: phase transitions of a cooling codebook.",
-    serves=clustering.CENTROID_SERVES,
-    servable=clustering.CENTROID_SERVABLE,
-)
+@register_kind(spec=AnnealingSpec, **clustering.CENTROIDS)
 def run(spec: AnnealingSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     import numpy as np
 

@@ -30,6 +30,8 @@ class DcnParams(DeepClusteringParams):
 
 
 class DcnSpec(DeepClusteringSpec):
+    """Deep clustering network: an autoencoder trained jointly with k-means in its latents."""
+
     kind: Literal["dcn"]
     params: DcnParams = Field(default_factory=DcnParams)
     training: TrainingConfig = training_field("joint phase")
@@ -42,7 +44,6 @@ SERVES = frozenset({"encode", "predict"})
 
 register_kind(
     spec=DcnSpec,
-    summary="Deep clustering network: an autoencoder trained jointly with k-means in its latents.",
     serves=SERVES,
     servable="ml.clustering.dcn_tf:DcnServable",
     run="ml.clustering.dcn_tf:train_dcn",

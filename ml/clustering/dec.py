@@ -26,6 +26,8 @@ class DecParams(DeepClusteringParams):
 
 
 class DecSpec(DeepClusteringSpec):
+    """Deep embedded clustering: encodes rows and predicts soft cluster assignments."""
+
     kind: Literal["dec"]
     params: DecParams = Field(default_factory=DecParams)
     training: TrainingConfig = training_field("refinement")
@@ -38,7 +40,6 @@ SERVES = frozenset({"encode", "predict"})
 
 register_kind(
     spec=DecSpec,
-    summary="Deep embedded clustering: encodes rows and predicts soft cluster assignments.",
     serves=SERVES,
     servable="ml.clustering.dec_tf:DecServable",
     run="ml.clustering.dec_tf:train_dec",

@@ -60,6 +60,8 @@ class HierarchicalParams(StrictModel):
 
 
 class HierarchicalSpec(JobSpec):
+    """Agglomerative clustering (ward, average, complete, single) with its dendrogram."""
+
     kind: Literal["hierarchical"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: HierarchicalParams
@@ -92,7 +94,6 @@ SERVES = frozenset({"predict"})
 
 @register_kind(
     spec=HierarchicalSpec,
-    summary="Agglomerative clustering (ward, average, complete, single) with its dendrogram.",
     serves=SERVES,
     pictures=frozenset({"dendrogram"}),
     servable="ml.clustering.agglomerative:HierarchicalServable",

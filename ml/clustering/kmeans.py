@@ -29,6 +29,8 @@ class KMeansParams(StrictModel):
 
 
 class KMeansSpec(JobSpec):
+    """k-means clustering (k-means++, restarts); predicts clusters and distances."""
+
     kind: Literal["kmeans"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: KMeansParams = Field(default_factory=KMeansParams)
@@ -54,12 +56,7 @@ KMeansSpec.example = {
 }
 
 
-@register_kind(
-    spec=KMeansSpec,
-    summary="k-means clustering (k-means++, restarts); predicts clusters and distances.",
-    serves=clustering.CENTROID_SERVES,
-    servable=clustering.CENTROID_SERVABLE,
-)
+@register_kind(spec=KMeansSpec, **clustering.CENTROIDS)
 def run(spec: KMeansSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     from ml.clustering.kmeans_tf import KMeans, KMeansRun
     from ml.core.training import device_name

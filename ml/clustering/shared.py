@@ -24,6 +24,8 @@ CENTROIDS_FILE = "centroids.npz"
 # The centroid models (`kmeans`, `annealing`) predict clusters, served by one class.
 CENTROID_SERVES = frozenset({"predict"})
 CENTROID_SERVABLE = "ml.clustering.kmeans_tf:CentroidServable"
+# What a kind whose model is a set of centroids registers with: `register_kind(..., **CENTROIDS)`.
+CENTROIDS: dict[str, Any] = {"serves": CENTROID_SERVES, "servable": CENTROID_SERVABLE}
 # Rows sampled first when looking for k distinct ones; all rows are compared when they fall short.
 DISTINCT_SAMPLE = 1_000
 

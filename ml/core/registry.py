@@ -111,7 +111,7 @@ _discovered = False
 def register_kind(
     *,
     spec: type[JobSpec],
-    summary: str,
+    summary: str | None = None,
     name: str | None = None,
     category: str | None = None,
     serves: frozenset[str] = frozenset(),
@@ -128,10 +128,14 @@ def register_kind(
     `"module:Class"` of its :class:`ml.core.serving.Servable` (built from the files and the models
     row's metadata, imported on first load), or a `load` function doing the same. `plot` says
     how its metric plot is labelled (default: its category's layout). The name defaults to the
-    spec's `kind` literal; the category to "model" for a kind that serves operations, else
-    "simulation".
+    spec's `kind` literal, the summary to the spec's own docstring (which the OpenAPI document
+    shows as the spec's description), the category to "model" for a kind that serves operations,
+    else "simulation".
     """
     name = _spec_kind(spec, name)
+    summary = summary or " ".join((spec.__dict__.get("__doc__") or "").split())
+    if not summary:
+        raise ValueError(f"kind {name!r}: give `summary` or a docstring to {spec.__name__}")
     category = category or ("model" if serves else "simulation")
     if servable is not None:
         if load is not None:

@@ -87,6 +87,8 @@ class DiffusionTraining(TrainingConfig):
 
 
 class DiffusionSpec(JobSpec):
+    """A diffusion probabilistic model: samples (DDPM, DDIM) and bound-based anomaly scores."""
+
     kind: Literal["diffusion"]
     distributable: ClassVar[bool] = True
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
@@ -131,7 +133,6 @@ SERVES = frozenset({"generate", "score"})
 
 @register_kind(
     spec=DiffusionSpec,
-    summary="A diffusion probabilistic model: samples (DDPM, DDIM) and bound-based anomaly scores.",
     serves=SERVES,
     pictures=frozenset({"samples"}),
     servable="ml.generative.diffusion_model:DiffusionServable",

@@ -191,6 +191,8 @@ class GanTraining(TrainingConfig):
 
 
 class GanSpec(JobSpec):
+    """A generative adversarial network: samples, with sample-quality metrics."""
+
     kind: Literal["gan"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: GanParams = Field(default_factory=GanParams)
@@ -250,7 +252,6 @@ SERVES = frozenset({"generate"})
 
 @register_kind(
     spec=GanSpec,
-    summary="A generative adversarial network: samples, with sample-quality metrics.",
     serves=SERVES,
     pictures=frozenset({"samples"}),
     servable="ml.generative.gan_serving:GanServable",

@@ -29,7 +29,6 @@ from ml.core.networks import use_conv
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.training import Trainer, configure_determinism, device_name
 from ml.core.training_config import TrainingConfig
-from ml.generative import sample_quality as sq
 from ml.generative import shared as generative
 from ml.generative.gan_networks import (
     conv_discriminator,
@@ -323,19 +322,9 @@ def train_gan(
 
     servable = GanServable.from_models(generator, data, tanh, capabilities)
     generated = servable.generate(n=len(data.held_out_b), seed=training.seed)["samples"]
-    if loop.quality is not None:  # its feature classifier is the one the evaluation would fit
-        quality = sq.evaluate(
-            generated,
-            data.held_out_a,
-            data.held_out_b,
-            data.train_raw,
-            data.labels,
-            images=data.images,
-            seed=training.seed,
-            classifier=loop.quality.classifier,
-        )
-    else:
-        quality = generative.sample_quality(data, generated, training.seed)
+    # The per-epoch measure's feature classifier is the one the evaluation would fit.
+    classifier = loop.quality.classifier if loop.quality is not None else None
+    quality = generative.sample_quality(data, generated, training.seed, classifier=classifier)
     model = generative.model_outcome(
         data,
         context,

@@ -78,8 +78,11 @@ def prepare(spec: Any, context: RunContext, evaluation_split: float) -> Generati
     )
 
 
-def sample_quality(data: GenerativeData, generated: np.ndarray, seed: int) -> dict[str, Any]:
-    """The model's samples (raw units) against held-out half A, beside half B against A."""
+def sample_quality(
+    data: GenerativeData, generated: np.ndarray, seed: int, classifier: Any = None
+) -> dict[str, Any]:
+    """The model's samples (raw units) against held-out half A, beside half B against A;
+    `classifier`: an image feature classifier already fitted (else one is fitted here)."""
     from ml.generative import sample_quality as sq
 
     if len(data.held_out_a) < 2:
@@ -92,6 +95,7 @@ def sample_quality(data: GenerativeData, generated: np.ndarray, seed: int) -> di
         data.labels,
         images=data.images,
         seed=seed,
+        classifier=classifier,
     )
 
 

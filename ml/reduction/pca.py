@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ml.anomaly.autoencoder import AnomalyThreshold
-from ml.anomaly.scoring import anomaly_mask, evaluate, threshold
+from ml.anomaly.scoring import anomaly_mask, calibrate, evaluate
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
@@ -85,6 +85,8 @@ class PcaParams(AnomalyThreshold):
 
 
 class PcaSpec(JobSpec):
+    """Principal component analysis: projections, reconstructions and anomaly scores."""
+
     kind: Literal["pca"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: PcaParams = Field(default_factory=PcaParams)
@@ -134,12 +136,7 @@ VARIANCE_FLOOR = 1e-6
 MAX_SERIES = 1000
 
 
-@register_kind(
-    spec=PcaSpec,
-    summary="Principal component analysis: projections, reconstructions and anomaly scores.",
-    serves=SERVES,
-    servable="ml.reduction.pca_model:PcaServable",
-)
+@register_kind(spec=PcaSpec, serves=SERVES, servable="ml.reduction.pca_model:PcaServable")
 def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     p = spec.params
     rows = reduction.load_rows(context, "pca")
@@ -161,7 +158,8 @@ def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     variance = np.concatenate([model.residual(x_fit), model.residual(x_cal)]).var(axis=0)
     model.residual_variance = np.maximum(variance, VARIANCE_FLOOR).astype(dtype)
     normal_scores = model.score(held_out)
-    cut = threshold(normal_scores, p.contamination, p.target_fpr)
+    calibration = calibrate(p, normal_scores, "standardized_reconstruction_error")
+    cut = calibration["threshold"]
     reporter.progress(0.8, n_components=k)
     anomaly: dict[str, Any] = {}
     if parts.truth is not None and len(parts.evaluation):
@@ -177,13 +175,6 @@ def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
         "total_explained_variance_ratio": float(ratio.sum()),
         "reconstruction_error": reconstruction_error,
         **anomaly,
-    }
-    calibration = {
-        "threshold": cut,
-        "contamination": p.contamination,
-        "target_fpr": p.target_fpr,
-        "calibration_rows": len(held_out),
-        "score": "standardized_reconstruction_error",
     }
     outcome = model_outcome(
         {"pca": path},

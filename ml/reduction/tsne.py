@@ -73,6 +73,8 @@ class TsneTraining(TrainingConfig):
 
 
 class TsneSpec(JobSpec):
+    """Parametric t-SNE: a network that embeds new rows, with its embedding picture."""
+
     kind: Literal["tsne"]
     dataset: str = Field(description="`builtin:<name>` or an uploaded data set's id.")
     params: TsneParams = Field(default_factory=TsneParams)
@@ -138,7 +140,6 @@ TRUSTWORTHINESS_NEIGHBOURS = 5
 
 @register_kind(
     spec=TsneSpec,
-    summary="Parametric t-SNE: a network that embeds new rows, with its embedding picture.",
     serves=SERVES,
     pictures=frozenset({"embedding"}),
     servable="ml.reduction.tsne_tf:TsneServable",

@@ -70,6 +70,8 @@ class CoolingParams(StrictModel):
 
 
 class CoolingSpec(JobSpec):
+    """Newton cooling of a body in a bath, with its entropy production."""
+
     kind: Literal["cooling"]
     params: CoolingParams = Field(default_factory=CoolingParams)
 
@@ -126,11 +128,7 @@ PLOT = PlotLayout(
 )
 
 
-@register_kind(
-    spec=CoolingSpec,
-    summary="Newton cooling of a body in a bath, with its entropy production.",
-    plot=PLOT,
-)
+@register_kind(spec=CoolingSpec, plot=PLOT)
 def run(spec: CoolingSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
     times, temperature = integrate(p)

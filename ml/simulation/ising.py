@@ -85,6 +85,8 @@ class IsingParams(StrictModel):
 
 
 class IsingSpec(JobSpec):
+    """2D Ising model, checkerboard Metropolis over a sweep of temperatures."""
+
     kind: Literal["ising"]
     params: IsingParams = Field(default_factory=IsingParams)
 
@@ -207,11 +209,7 @@ PLOT = PlotLayout(
 )
 
 
-@register_kind(
-    spec=IsingSpec,
-    summary="2D Ising model, checkerboard Metropolis over a sweep of temperatures.",
-    plot=PLOT,
-)
+@register_kind(spec=IsingSpec, plot=PLOT)
 def run(spec: IsingSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
     n_spins = p.size**2

@@ -44,6 +44,8 @@ TF_STREAMS = (1, 2)  # labels of the forward and reverse stateless streams (`str
 
 
 class JarzynskiSpec(JobSpec):
+    """Work on a dragged or squeezed trap, or a Landauer erasure; Jarzynski and Crooks."""
+
     kind: Literal["jarzynski"]
     params: JarzynskiParams = Field(default_factory=JarzynskiParams)
 
@@ -125,10 +127,7 @@ def summarize(p: JarzynskiParams, s: Schedule, work: np.ndarray) -> dict[str, An
     }
 
 
-@register_kind(
-    spec=JarzynskiSpec,
-    summary="Work on a dragged or squeezed trap, or a Landauer erasure; Jarzynski and Crooks.",
-)
+@register_kind(spec=JarzynskiSpec)
 def run(spec: JarzynskiSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
     forward_rng, reverse_rng = (

@@ -39,6 +39,8 @@ BURN_IN_RELAXATION_TIMES = 5.0
 
 
 class LangevinSpec(JobSpec):
+    """Overdamped Langevin walkers in a harmonic or double-well potential."""
+
     kind: Literal["langevin"]
     params: LangevinParams = Field(default_factory=LangevinParams)
 
@@ -117,10 +119,7 @@ def _acf_result(
     }
 
 
-@register_kind(
-    spec=LangevinSpec,
-    summary="Overdamped Langevin walkers in a harmonic or double-well potential.",
-)
+@register_kind(spec=LangevinSpec)
 def run(spec: LangevinSpec, reporter: Reporter, context: RunContext | None = None) -> RunOutcome:
     p = spec.params
     walkers = walkers_for(p)
