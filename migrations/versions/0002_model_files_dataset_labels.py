@@ -4,20 +4,14 @@ models.files: the per-file manifest (key, sha256, size) of a model's stored arti
 datasets.label_column ("" for none; with sha256 the dedupe key) and datasets.summary.
 jobs.checkpoint: the manifest of the job's last stored checkpoint.
 
-Revision ID: 0002
-Revises: 0001
 Create Date: 2026-11-27
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0002"
 down_revision: str | None = "0001"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -10,20 +10,14 @@ Dashboard sign-ins become server-side sessions: the cookie holds a random id, th
 table only its SHA-256, the key it signs in as, and when it expires. Sign-out deletes the row,
 and so does revoking the key. Going down deletes every session.
 
-Revision ID: 0004
-Revises: 0003
 Create Date: 2026-11-28
 """
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
 down_revision: str | None = "0003"
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 # table -> the unique constraint that becomes per tenant: (old name, its columns)
 PER_TENANT = {
