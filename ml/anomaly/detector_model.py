@@ -22,13 +22,12 @@ methods it has:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml.core.serving import ScaledServable
+from ml.core.serving import ScaledServable, calibrated_threshold, score_answer
 
 MODEL_FILE = "detector.npz"
 METHODS = ("isolation_forest", "one_class_svm", "local_outlier_factor", "ecod")
@@ -258,14 +257,9 @@ class DetectorServable(ScaledServable):
 
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
         super().__init__(meta)
-        calibration = meta.get("calibration") or {}
-        self.threshold = float(calibration.get("threshold", math.inf))
+        self.threshold = calibrated_threshold(meta)
         self.model = DetectorModel.load(files["detector"])
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
         scores = self.model.score(self.scaled(operation, inputs, np.float64))
-        return {
-            "scores": scores,
-            "threshold": self.threshold,
-            "is_anomaly": scores > self.threshold,
-        }
+        return score_answer(scores, self.threshold)

@@ -5,7 +5,6 @@ its calibration; nothing but arrays and JSON is read."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ml.core.registry import get_kind
-from ml.core.serving import UnsupportedOperation
+from ml.core.serving import UnsupportedOperation, calibrated_threshold, score_answer
 
 SCALE_FLOOR = 1e-12  # a member whose held-out scores are all equal divides by this
 MAX_REFERENCE = 2001  # held-out scores kept for `rank` (beyond: their quantiles)
@@ -91,7 +90,7 @@ class EnsembleServable:
         self.input_shape = tuple(int(s) for s in meta["input_shape"])
         self.operations = list(meta.get("capabilities") or ["score"])
         calibration = meta.get("calibration") or {}
-        self.threshold = float(calibration.get("threshold", math.inf))
+        self.threshold = calibrated_threshold(meta)
         members = []
         for i, stored in enumerate(calibration["members"]):
             prefix = f"m{i}_"
@@ -106,8 +105,4 @@ class EnsembleServable:
             raise UnsupportedOperation(operation, self.operations)
         assert inputs is not None
         scores = self.combination.score(np.asarray(inputs))
-        return {
-            "scores": scores,
-            "threshold": self.threshold,
-            "is_anomaly": scores > self.threshold,
-        }
+        return score_answer(scores, self.threshold)

@@ -3,7 +3,6 @@ compiled once (TensorFlow inside; the kinds name these classes as their `servabl
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from ml.anomaly.autoencoding import (
     standardized_error,
 )
 from ml.core.preprocessing import Scaler
-from ml.core.serving import UnsupportedOperation
+from ml.core.serving import UnsupportedOperation, calibrated_threshold, score_answer
 
 
 class AutoencodingServable:
@@ -30,7 +29,7 @@ class AutoencodingServable:
         self.input_shape = tuple(int(s) for s in meta["input_shape"])
         self.scaler = Scaler.from_dict(meta.get("preprocessing") or {"scale": "none"})
         calibration = meta.get("calibration") or {}
-        self.threshold = float(calibration.get("threshold", math.inf))
+        self.threshold = calibrated_threshold(meta)
         self.output_sigmoid = bool(calibration.get("output_sigmoid", False))
         self.operations = list(meta.get("capabilities") or ["encode", "reconstruct", "score"])
         load = keras.models.load_model
@@ -80,11 +79,7 @@ class AutoencodingServable:
             out = self._reconstruct(x).numpy()
             return {"reconstructions": self.scaler.inverse_transform(out)}
         scores = self._score(x).numpy()
-        return {
-            "scores": scores,
-            "threshold": self.threshold,
-            "is_anomaly": scores > self.threshold,
-        }
+        return score_answer(scores, self.threshold)
 
 
 class AutoencoderServable(AutoencodingServable):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -33,6 +34,17 @@ class DrawsPictures(Protocol):
     `GET /v1/models/{ref}/{name}.png` calls `picture(name)` and sends the PNG bytes."""
 
     def picture(self, name: str, **options: Any) -> bytes: ...
+
+
+def calibrated_threshold(meta: dict[str, Any]) -> float:
+    """The anomaly-score threshold calibrated at training (the models row's calibration);
+    without one, +inf: no row is flagged."""
+    return float((meta.get("calibration") or {}).get("threshold", math.inf))
+
+
+def score_answer(scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The `score` operation's answer: the scores, the threshold, and the rows over it."""
+    return {"scores": scores, "threshold": threshold, "is_anomaly": scores > threshold}
 
 
 class ScaledServable:

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
+from ml.core.serving import calibrated_threshold, score_answer
 from ml.core.training import Callback, FitResult, Trainer, configure_determinism, device_name
 from ml.generative import shared as generative
 from ml.generative.diffusion_maths import GaussianDiffusion
@@ -346,7 +347,7 @@ class DiffusionServable(generative.GenerativeServable):
         self.chain = GaussianDiffusion.named(
             cal["schedule"], int(cal["timesteps"]), cal["beta_start"], cal["beta_end"]
         )
-        self.threshold = float(cal.get("threshold", math.inf))
+        self.threshold = calibrated_threshold(meta)
         self.strata = int(cal.get("bound_timesteps", 100))
         self.log_jacobian = float(cal.get("log_jacobian", 0.0))
         net = keras.models.load_model(files["eps_model"], compile=False, safe_mode=True)
@@ -372,8 +373,4 @@ class DiffusionServable(generative.GenerativeServable):
             bound_nats(self.chain, self.eps_fn, x, self.strata, seed=SCORE_SEED, shared_noise=True)
             + self.log_jacobian
         )
-        return {
-            "scores": scores,
-            "threshold": self.threshold,
-            "is_anomaly": scores > self.threshold,
-        }
+        return score_answer(scores, self.threshold)

@@ -11,14 +11,13 @@ and whitening divides each projection by the square root of its explained varian
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml.core.serving import ScaledServable
+from ml.core.serving import ScaledServable, calibrated_threshold, score_answer
 
 MODEL_FILE = "pca.npz"
 # `auto` picks the randomised method when both sides of the data exceed this and fewer than
@@ -218,8 +217,7 @@ class PcaServable(ScaledServable):
 
     def __init__(self, files: dict[str, Path], meta: dict[str, Any]) -> None:
         super().__init__(meta)
-        calibration = meta.get("calibration") or {}
-        self.threshold = float(calibration.get("threshold", math.inf))
+        self.threshold = calibrated_threshold(meta)
         self.model = PcaModel.load(files["pca"])
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
@@ -230,8 +228,4 @@ class PcaServable(ScaledServable):
             out = self.model.decode(self.model.encode(x)).reshape(len(x), *self.input_shape)
             return {"reconstructions": self.scaler.inverse_transform(out)}
         scores = self.model.score(x)
-        return {
-            "scores": scores,
-            "threshold": self.threshold,
-            "is_anomaly": scores > self.threshold,
-        }
+        return score_answer(scores, self.threshold)
