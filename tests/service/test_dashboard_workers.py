@@ -21,9 +21,9 @@ from service import jobs as lifecycle
 from service import workers_seen
 from service.config import Settings
 from service.db import keys as key_repo
-from service.embedded_redis import EmbeddedRedis
 from service.main import create_app
 from tests.conftest import RecordingPublisher
+from tests.integration.test_workers_seen import broker  # noqa: F401
 
 COOLING = {"kind": "cooling", "params": {"duration": 1}}
 
@@ -48,19 +48,7 @@ def row(html: str, worker: str) -> str:
 
 
 @pytest.fixture
-def broker(settings: Settings) -> Iterator[redis.Redis]:
-    server = EmbeddedRedis(settings.data_dir)
-    server.start()
-    client = redis.Redis(unix_socket_path=str(server.socket), socket_timeout=2)
-    try:
-        yield client
-    finally:
-        client.close()
-        server.stop()
-
-
-@pytest.fixture
-def setup(settings: Settings, broker: redis.Redis) -> Iterator[Setup]:
+def setup(settings: Settings, broker: redis.Redis) -> Iterator[Setup]:  # noqa: F811
     app = create_app(settings.model_copy(update={"auth": "required"}), reconcile=False)
     app.state.publisher = RecordingPublisher(run_inline=False)  # jobs stay queued until claimed
     keys = {}
