@@ -106,12 +106,16 @@ class Ticket:
 
     def check_deadline(self) -> None:
         if time.monotonic() >= self.deadline:
-            raise ServiceError(
-                "unavailable",
-                "the model did not answer within the inference time limit; retry later or ask "
-                "for less work per request",
-                {"retry_after": 5},
-            )
+            raise self.late()
+
+    def late(self) -> ServiceError:
+        """The answer of a request past its deadline."""
+        return ServiceError(
+            "unavailable",
+            "the model did not answer within the inference time limit; retry later or ask "
+            "for less work per request",
+            {"retry_after": 5},
+        )
 
 
 @dataclass(frozen=True)
@@ -197,9 +201,9 @@ class Gate:
             ticket.ready.cancel()
         self._start_waiting()
 
-    def measured(self, operation: str, units: int, seconds: float, items: int) -> None:
-        """A call's measured time: updates the estimate and re-weighs the waiting tickets."""
-        self.estimate(operation).update(units, seconds, items)
+    def refuse_late(self) -> None:
+        """Re-weigh the waiting tickets (after a measured call, and after the running ticket
+        that made it was re-weighed: what they wait for)."""
         now = time.monotonic()
         for ticket in list(self.waiting):  # refuse now what can no longer make its deadline
             late = now + self._wait_for(ticket, now) + ticket.cost > ticket.deadline
@@ -278,7 +282,7 @@ class Gate:
             timeout = min(POLL_S, max(0.0, ticket.deadline - time.monotonic()))
             await asyncio.wait({ticket.ready}, timeout=timeout)
             if ticket.ready.done():
-                ticket.ready.result()  # raises a refusal set by `measured`
+                ticket.ready.result()  # raises a refusal set by `refuse_late`
                 return
             ticket.check_deadline()
             if disconnected is not None and await disconnected():

@@ -50,12 +50,13 @@ async def run(
             await prepare()
         started = time.perf_counter()
         parts.append(await compute(done, done + size))
-        gate.measured(operation, size * unit, time.perf_counter() - started, size)
+        gate.estimate(operation).update(size * unit, time.perf_counter() - started, size)
         sizes.append(size)
         done += size
         rest = gate.estimate(operation).cost((total - done) * unit)
         if ticket.started is not None and rest is not None:  # what others wait for, re-weighed
             ticket.cost = time.monotonic() - ticket.started + rest
+        gate.refuse_late()  # the waiting that can no longer make their deadlines, refused now
         if done < total:
             ticket.check_deadline()
             if disconnected is not None and await disconnected():

@@ -116,12 +116,16 @@ async def _admitted(
     """The request admitted by its model's gate, run within its deadline, then let go; the
     model's refusals as service errors."""
     await gate.enter(ticket, disconnected)
+    deadline = asyncio.timeout(max(0.0, ticket.deadline - time.monotonic()))
     try:
-        async with asyncio.timeout(max(0.0, ticket.deadline - time.monotonic())):
+        async with deadline:
             yield
-    except TimeoutError:
-        ticket.check_deadline()
-        raise
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise
+        # The deadline, whatever time.monotonic() says: the loop's clock may run a little
+        # behind it (uvloop reads it once an iteration), so its timer can fire just before.
+        raise ticket.late() from exc
     except UnsupportedOperation as exc:
         raise ServiceError("unsupported_operation", str(exc)) from exc
     finally:

@@ -10,6 +10,7 @@ The model is `slowpoke`, a test kind whose operations sleep a fixed time per row
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -322,3 +323,65 @@ def test_a_small_call_does_not_price_a_large_request_out_of_its_deadline() -> No
         assert gate.estimate("generate").cost(10_000 * 1000) == pytest.approx(5.0 / 512 * 10_000)
 
     asyncio.run(scenario())
+
+
+def test_the_first_measured_chunk_refuses_at_once_what_waits_in_vain() -> None:
+    """An unknown-cost heavy request runs; another waits behind it. Once the first chunk prices
+    the running one far past the waiting one's deadline, the waiting one is refused then, not
+    at its deadline."""
+
+    async def scenario() -> None:
+        gate = Gate(limits(timeout=30))
+        running = gate.ticket("generate", 100_000, key=None, batched=False)
+        await gate.enter(running)
+        waiting = gate.ticket("generate", 100_000, key=None, batched=False)
+        queued = asyncio.ensure_future(gate.enter(waiting))
+        await asyncio.sleep(0)
+        assert not queued.done() and running.heavy and waiting.heavy  # unknown: heavy, queued
+
+        async def compute(i: int, j: int) -> dict[str, Any]:
+            await asyncio.sleep(0.05)  # 100 units in 0.05 s: the whole request takes ~50 s
+            return {"samples": np.zeros((j - i, 2))}
+
+        async def gone() -> bool:
+            return True  # stop the running request after its first chunk
+
+        with pytest.raises(ClientGone):
+            await chunks.run(
+                gate,
+                running,
+                operation="generate",
+                compute=compute,
+                total=100_000,
+                chunk=lambda: 100,
+                disconnected=gone,
+            )
+        with pytest.raises(ServiceError) as refused:
+            await asyncio.wait_for(queued, 1.0)
+        assert refused.value.code == "unavailable"
+        gate.leave(running)
+
+    asyncio.run(scenario())
+
+
+def test_a_deadline_timer_that_fires_early_still_answers_503(
+    settings: Settings, slowpoke: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's clock may run behind time.monotonic() (uvloop reads it once an iteration):
+    its deadline timer can fire while the ticket's deadline is a moment away. That is the
+    deadline all the same: 503, never a 500."""
+    from service import serving
+
+    entered = serving._admitted
+
+    @contextlib.asynccontextmanager
+    async def clock_behind(gate: Gate, ticket: Any, disconnected: Any) -> Any:
+        async with entered(gate, ticket, disconnected):
+            ticket.deadline += 30  # as if time.monotonic() lagged the timer by 30 s
+            yield
+
+    monkeypatch.setattr(serving, "_admitted", clock_behind)
+    client, _ = serve(settings, inference_timeout=0.5)
+    with client:
+        answer = client.post("/v1/models/slow/generate", json={"n": 5000})
+        assert_error(answer, 503, "unavailable")
