@@ -30,11 +30,11 @@ import functools
 import logging
 import multiprocessing
 import pickle
+import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnContext
@@ -65,6 +65,33 @@ class _Child:
     models: set[str] = field(default_factory=set)  # cache keys it has loaded, as it last said
     forget: set[str] = field(default_factory=set)  # deleted models to drop before its next call
     busy: bool = False
+    _calls: queue.SimpleQueue[tuple[Any, ...] | None] | None = None
+
+    def submit(
+        self, context: SpawnContext, settings: Settings, call: Call, wait_s: float
+    ) -> asyncio.Future[Reply]:
+        """`call` handed to this child's thread; its answer as a future of the running loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        if self._calls is None:
+            self._calls = queue.SimpleQueue()
+            threading.Thread(target=self._serve, name="thermoml-offload", daemon=True).start()
+        self._calls.put((loop, future, context, settings, call, wait_s))
+        return future
+
+    def _serve(self) -> None:
+        """This child's calls, one at a time, on a thread of its own that waits for the child's
+        answers without the interpreter lock. A daemon: it never holds up the API's exit; and
+        the child, started from it, dies with it (the parent-death signal follows the thread)."""
+        assert self._calls is not None
+        while (item := self._calls.get()) is not None:
+            loop, future, *args = item
+            try:
+                settle, outcome = future.set_result, self.call(*args)
+            except BaseException as exc:
+                settle, outcome = future.set_exception, exc
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, settle, outcome)
 
     def call(self, context: SpawnContext, settings: Settings, call: Call, wait_s: float) -> Reply:
         """`call` answered by this child (started first if it is not running); blocks."""
@@ -116,6 +143,11 @@ class _Child:
             conn.close()
         return process.exitcode
 
+    def retire(self) -> None:
+        """End this child's thread (after the calls handed to it)."""
+        if self._calls is not None:
+            self._calls.put(None)
+
     def _start(self, context: SpawnContext, settings: Settings) -> None:
         self.stop()
         ours, theirs = context.Pipe()
@@ -140,8 +172,6 @@ class ModelProcesses:
         self._settings = settings.model_copy(update={"inference_processes": 0})
         self._context = multiprocessing.get_context("spawn")
         self._children = [_Child() for _ in range(self.size)]
-        # Each call's thread waits for its child's answer (without the interpreter lock).
-        self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="thermoml-offload")
         self._lock = threading.Lock()
         self._free: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
         weakref.finalize(self, _kill_all, self._children)
@@ -182,7 +212,7 @@ class ModelProcesses:
         """Stop every child (blocks while they finish their calls, at most 2 STOP_S each)."""
         for child in self._children:
             child.stop()
-        self._threads.shutdown(wait=False)
+            child.retire()
 
     async def _call(self, call: Call, deadline: float) -> Reply:
         free = self._semaphore()
@@ -192,9 +222,7 @@ class ModelProcesses:
             with self._lock:
                 call.forget, child.forget = sorted(child.forget), set()
             wait_s = max(0.0, deadline - time.monotonic()) + CALL_GRACE_S
-            future = asyncio.get_running_loop().run_in_executor(
-                self._threads, child.call, self._context, self._settings, call, wait_s
-            )
+            future = child.submit(self._context, self._settings, call, wait_s)
         except BaseException:
             free.release()
             raise
@@ -220,6 +248,11 @@ class ModelProcesses:
         return child
 
 
+def _settle(future: asyncio.Future[Reply], settle: Callable[[Any], None], outcome: Any) -> None:
+    if not future.done():
+        settle(outcome)
+
+
 def _done(child: _Child, free: asyncio.Semaphore, future: asyncio.Future[Reply]) -> None:
     child.busy = False
     free.release()
@@ -231,6 +264,7 @@ def _kill_all(children: list[_Child]) -> None:
     for child in children:
         if child.process is not None:
             child.process.kill()
+        child.retire()
 
 
 REBUILD: dict[str, Callable[..., Exception]] = {
