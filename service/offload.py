@@ -19,7 +19,8 @@ the API.
 A child that dies (killed, out of memory, a crash in native code) answers the call it was
 computing `503 unavailable`, and the next call starts a new child. A call that runs
 `CALL_GRACE_S` past its request's deadline has its child killed: nobody waits for that work,
-and it holds a child.
+and it holds a child. Loading a model (with a child's start) is let run up to `LOAD_S`: it
+serves the requests that follow.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ from service.offload_child import Call, Reply
 
 log = logging.getLogger(__name__)
 CALL_GRACE_S = 10.0  # seconds a call may run past its request's deadline before its child dies
+# Seconds a load (a process's start: TensorFlow's import, then the model) may take, whatever
+# the deadline of the request that asked for it: the model serves the requests that follow.
+LOAD_S = 300.0
 STOP_S = 5.0  # seconds a stopping child may take before it is killed
 
 
@@ -222,6 +226,8 @@ class ModelProcesses:
             with self._lock:
                 call.forget, child.forget = sorted(child.forget), set()
             wait_s = max(0.0, deadline - time.monotonic()) + CALL_GRACE_S
+            if call.operation is None:
+                wait_s = max(wait_s, LOAD_S)
             future = child.submit(self._context, self._settings, call, wait_s)
         except BaseException:
             free.release()

@@ -1,6 +1,7 @@
 """A test model whose work can be watched from another process, for the model-process tests.
 
 `Echo` sleeps a fixed time per row or sample (its model row's `calibration.seconds_per_row`),
+takes `calibration.child_load_seconds` (default 0) to load anywhere but in the test's process,
 draws its samples from the request's random generator, and appends one line per call to the
 file `calibration.log` names: the process id, the operation and the number of rows. Asked for
 samples with the seed `DIE_SEED` it kills its own process, with `HANG_SEED` it never answers,
@@ -30,6 +31,8 @@ class Echo:
         self.operations = ["score", "generate"]
         self.log = Path(meta["calibration"]["log"])
         self.seconds_per_row = float(meta["calibration"]["seconds_per_row"])
+        if os.getpid() != meta["calibration"].get("test_pid"):
+            time.sleep(float(meta["calibration"].get("child_load_seconds", 0)))
 
     def run(self, operation: str, inputs: np.ndarray | None, **options: Any) -> dict[str, Any]:
         rows = len(inputs) if inputs is not None else int(options["n"])

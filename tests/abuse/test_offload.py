@@ -61,7 +61,14 @@ def echo() -> Iterator[None]:
 class Served:
     """A client of an app with one or more `echo` models, and the log of their calls."""
 
-    def __init__(self, settings: Settings, log: Path, names: tuple[str, ...], **update: Any):
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        names: tuple[str, ...],
+        child_load_seconds: float = 0.0,
+        **update: Any,
+    ):
         self.app = create_app(settings.model_copy(update=update), reconcile=False)
         self.app.state.publisher = RecordingPublisher()
         self.log = log
@@ -77,7 +84,12 @@ class Served:
                     sha256="0" * 64,
                     input_shape=[2],
                     capabilities=["score", "generate"],
-                    calibration={"log": str(log), "seconds_per_row": SECONDS_PER_ROW},
+                    calibration={
+                        "log": str(log),
+                        "seconds_per_row": SECONDS_PER_ROW,
+                        "test_pid": os.getpid(),
+                        "child_load_seconds": child_load_seconds,
+                    },
                     files={},
                 ).id
         self.client = TestClient(self.app)
@@ -199,6 +211,34 @@ def test_a_model_process_past_its_deadline_is_killed_and_replaced(
             assert served.processes().pids() == []
             after = served.generate(n=ONE_CHUNK_N, seed=1)
             assert after.status_code == 200, after.text
+            assert where(served.log)[-1] == "child"
+    finally:
+        served.close()
+
+
+def test_a_model_still_loading_at_its_request_deadline_is_loaded_for_the_next(
+    settings: Settings, echo: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's deadline cuts its computation, not the load it started (a process's start:
+    TensorFlow's import, then the model): that serves the requests that follow."""
+    monkeypatch.setattr(offload, "CALL_GRACE_S", 0.2)
+    served = Served(
+        settings,
+        tmp_path / "calls.log",
+        ("echo",),
+        child_load_seconds=3.0,
+        inference_processes=1,
+        inference_timeout=2,
+    )
+    try:
+        with served.client:
+            served.prime(seconds_per_row=1.5 * SECONDS_PER_ROW)  # heavy, within 2 s
+            assert_error(served.generate(n=ONE_CHUNK_N, seed=1), 503, "unavailable")
+            [loading] = served.processes().pids()
+            time.sleep(3.0)  # its load ends (it was not killed at the deadline and grace)
+            after = served.generate(n=ONE_CHUNK_N, seed=1)
+            assert after.status_code == 200, after.text
+            assert served.processes().pids() == [loading]
             assert where(served.log)[-1] == "child"
     finally:
         served.close()
