@@ -60,8 +60,9 @@ def feature_axes(x: tf.Tensor) -> list[int]:
 
 
 class _Coder:
-    """What both objectives are made of: an encoder trunk and a decoder of the params' layers
-    (dense or convolutional by `params.architecture`); `output` is the decoder's activation."""
+    """What both objectives are made of: an encoder trunk, the objective's latent heads and a
+    decoder of the params' layers (dense or convolutional by `params.architecture`); `output`
+    is the decoder's activation. Built in that order, which fixes the layers' initial weights."""
 
     def __init__(self, params: Any, input_shape: tuple[int, ...], output: str | None) -> None:
         self.params = params
@@ -69,7 +70,11 @@ class _Coder:
         self.conv = use_conv(params.architecture, input_shape)
         layers = (input_shape, params.hidden, params.activation, self.conv)
         self.trunk = encoder_trunk(*layers)
+        self.make_heads()
         self.decoder = decoder_stack(*layers, output)
+
+    def make_heads(self) -> None:
+        raise NotImplementedError
 
 
 class AutoencoderObjective(_Coder):
@@ -84,11 +89,13 @@ class AutoencoderObjective(_Coder):
         super().__init__(
             params, input_shape, None if self.bce else params.resolved_output_activation
         )
-        self.head = keras.layers.Dense(params.latent_dim, name="latent", dtype=OUTPUT_DTYPE)
         self.output_sigmoid = self.bce or params.resolved_output_activation == "sigmoid"
         self.saved_variables: dict[str, tf.Variable] = {}
         dummy = tf.zeros((1, *input_shape))
         self.decoder(self.head(self.trunk(dummy)))
+
+    def make_heads(self) -> None:
+        self.head = keras.layers.Dense(self.params.latent_dim, name="latent", dtype=OUTPUT_DTYPE)
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
@@ -150,10 +157,6 @@ class VaeObjective(_Coder):
         self.dims = int(np.prod(input_shape))
         self.bernoulli = params.likelihood == "bernoulli"
         self.output_sigmoid = self.bernoulli
-        self.mean_head = keras.layers.Dense(params.latent_dim, name="z_mean", dtype=OUTPUT_DTYPE)
-        self.logvar_head = keras.layers.Dense(
-            params.latent_dim, name="z_log_var", dtype=OUTPUT_DTYPE
-        )
         # Gaussian likelihood: one learned log σ per data dimension.
         self.log_sigma = tf.Variable(tf.zeros(input_shape), name="log_sigma")
         self.saved_variables = {"log_sigma": self.log_sigma}
@@ -161,6 +164,11 @@ class VaeObjective(_Coder):
         self.logvar_head(h)
         self.decoder(self.mean_head(h))
         self.log_jacobian = 0.0  # Σ ln|scale| of the preprocessing, for bits/dim in data units
+
+    def make_heads(self) -> None:
+        latent = self.params.latent_dim
+        self.mean_head = keras.layers.Dense(latent, name="z_mean", dtype=OUTPUT_DTYPE)
+        self.logvar_head = keras.layers.Dense(latent, name="z_log_var", dtype=OUTPUT_DTYPE)
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
