@@ -27,7 +27,7 @@ request failed otherwise (a 5xx other than 503, a dropped connection); the targe
 reported, not enforced.
 
     python bench/noisy_neighbour.py [--heavy 50] [--light 16] [--seconds 30] [--runs 3]
-        [--inference-timeout 30] [--quick]
+        [--inference-timeout 30] [--n 10000] [--quick]
 """
 
 from __future__ import annotations
@@ -291,12 +291,19 @@ def main() -> int:
         "--inference-timeout",
         type=float,
         default=INFERENCE_TIMEOUT_S,
-        help="THERMOML_INFERENCE_TIMEOUT of the API (at 30 s every n = 10 000 request is "
-        "refused once its cost is known; the service's default, 120 s, keeps one computing)",
+        help="THERMOML_INFERENCE_TIMEOUT of the API, seconds (at 30 s a request for 10 000 "
+        "samples is refused once the model's speed is known: it needs over a minute)",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=0,
+        help="samples per heavy request (default: the largest allowed, 10 000; fewer keep the "
+        "diffusion model computing, as requests that fit the deadline are admitted)",
     )
     parser.add_argument("--quick", action="store_true", help="1 run, 4 + 4 clients, 3 s, n=200")
     args = parser.parse_args()
-    n = 10_000  # THERMOML_MAX_GENERATE's default: the largest allowed
+    n = args.n or 10_000  # THERMOML_MAX_GENERATE's default: the largest allowed
     if args.quick:
         args.heavy, args.light, args.seconds, args.runs, n = 4, 4, 3.0, 1, 200
     env = {**ENV, "THERMOML_INFERENCE_TIMEOUT": str(args.inference_timeout)}
