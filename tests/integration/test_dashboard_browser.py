@@ -212,7 +212,7 @@ def test_the_dashboard_follows_a_job_live(chromium: DevTools, thermoml_up: str) 
             "the plot image",
         )
         chromium.wait_for(
-            "document.getElementById('live').textContent.startsWith('live')", 10, "the stream"
+            "document.getElementById('live').textContent.startsWith('live')", 30, "the stream"
         )
         first_src = chromium.evaluate("document.getElementById('plot').src")
         chromium.wait_for(
