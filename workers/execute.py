@@ -107,6 +107,7 @@ class JobRun:
     reporter: DbReporter
     context: RunContext
     checkpoints: artifacts.Checkpoints
+    events: tensorboard.EventWriter
     folder: Path
 
     @classmethod
@@ -130,6 +131,10 @@ class JobRun:
         checkpoints = artifacts.Checkpoints(
             sessions, store, job_id=job_id, attempt=attempt, folder=context.checkpoint_dir
         )
+        events = tensorboard.EventWriter(
+            job_id, attempt=attempt, sessions=sessions, target=store, staging=folder / "tensorboard"
+        )
+        reporter.on_points = events.write
         # The folders last: nothing that can fail comes between making them and the clean-up.
         runtime.remove_abandoned_work(job_id)
         shutil.rmtree(folder, ignore_errors=True)
@@ -137,7 +142,7 @@ class JobRun:
         context.checkpoint_dir.mkdir()
         return cls(
             job_id, attempt, kind_name, job_name, spec_data, sessions, store, reporter, context,
-            checkpoints, folder,
+            checkpoints, events, folder,
         )  # fmt: skip
 
     def outcome(self) -> str | None:
@@ -209,7 +214,7 @@ class JobRun:
             return self.end("failed", error_code="internal", error_message=message)
 
     def end(self, status: str, *, model: artifacts.StoredModel | None = None, **fields: Any) -> str:
-        """Write the last points, end the job; then drop its checkpoints, write its event files."""
+        """Write the last points, end the job; then drop its checkpoints, finish its event file."""
         try:
             self.reporter.flush(check=False)
         except Exception as exc:
@@ -259,11 +264,12 @@ class JobRun:
         except Exception:
             log.exception("job %s: could not delete its checkpoints", self.job_id)
         try:
-            tensorboard.write_event_files(self.job_id, self.sessions, self.store)
+            self.events.finish()
         except Exception:
             log.exception("job %s: could not write its TensorBoard events", self.job_id)
 
     def clean_up(self) -> None:
+        self.events.close()  # uploads what an attempt that did not end the job wrote
         shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # the job's folder, once no attempt uses it
             self.folder.parent.rmdir()

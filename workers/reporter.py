@@ -46,6 +46,9 @@ class DbReporter:
         self._progress: dict[str, Any] | None = None
         self._last_flush = 0.0
         self.on_checkpoint: Callable[[], None] | None = None
+        # Given each batch of points once the database holds them and this attempt still owns
+        # the job (the worker's TensorBoard event file); it must not raise.
+        self.on_points: Callable[[list[Point]], None] | None = None
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:
         self._points.extend((name, int(step), float(v)) for name, v in values.items())
@@ -83,6 +86,8 @@ class DbReporter:
                 session, job_id=self.job_id, attempt=self.attempt, progress=self._progress
             )
         self._last_flush = time.monotonic()
+        if owned and points and self.on_points is not None:
+            self.on_points(points)
         if not check:
             return
         if not owned:

@@ -1,4 +1,4 @@
-"""TensorBoard runs per tenant: a job's event files go under `tensorboard/<tenant>/<job id>`, so a
+"""TensorBoard runs per tenant: a job's event files go under `tensorboard/<tenant>/<run>`, so a
 logdir of one tenant holds that tenant's runs and nothing of another's; and no route of the API
 hands one tenant another tenant's event files."""
 
@@ -57,7 +57,8 @@ def test_each_tenants_runs_are_in_its_own_folder(runs: Runs) -> None:
     for tenant, other in ((runs.a, runs.b), (runs.b, runs.a)):
         keys = runs.store.list(f"tensorboard/{tenant.name}")
         assert len(keys) == 1
-        assert keys[0].startswith(f"tensorboard/{tenant.name}/{tenant.job}/events.out.tfevents.")
+        run = f"cooling-{tenant.job[:8]}"  # the job has no name: its kind and short id
+        assert keys[0].startswith(f"tensorboard/{tenant.name}/{run}/events.out.tfevents.")
         assert not [k for k in keys if other.job in k]
     # Nothing is left at the top level, where one logdir would show every tenant's runs as its own.
     assert {key.split("/")[1] for key in runs.store.list("tensorboard")} == {"a", "b"}
@@ -71,9 +72,9 @@ def test_a_tenants_logdir_shows_only_its_runs(runs: Runs) -> None:
     root = Path(runs.store.root) / "tensorboard"
     for tenant in (runs.a, runs.b):
         logdir = multiplexer.EventMultiplexer().AddRunsFromDirectory(str(root / tenant.name))
-        assert set(logdir.Runs()) == {tenant.job}
+        assert set(logdir.Runs()) == {f"cooling-{tenant.job[:8]}"}
     every = multiplexer.EventMultiplexer().AddRunsFromDirectory(str(root))
-    assert set(every.Runs()) == {f"a/{runs.a.job}", f"b/{runs.b.job}"}
+    assert set(every.Runs()) == {f"a/cooling-{runs.a.job[:8]}", f"b/cooling-{runs.b.job[:8]}"}
 
 
 def test_no_route_hands_a_tenant_another_tenants_event_files(runs: Runs) -> None:
@@ -101,5 +102,8 @@ def test_no_route_hands_a_tenant_another_tenants_event_files(runs: Runs) -> None
 @pytest.mark.parametrize("tenant", ["..", "../b", "a/../b", "/abs", "", "A"])
 def test_a_run_folder_never_leaves_its_tenants_folder(tenant: str) -> None:
     with pytest.raises(ServiceError):
-        run_folder(tenant, "0b7e2d64-8a55-4a49-9c8f-3f2d8c1e9a10")
-    assert run_folder("team-7.prod", "j") == "team-7.prod/j"
+        run_folder(tenant, "cooling-0b7e2d64")
+    assert run_folder("team-7.prod", "cooling-0b7e2d64") == "team-7.prod/cooling-0b7e2d64"
+    for run in ("..", "../b", "a/b", "/abs", ""):
+        with pytest.raises(ValueError):
+            run_folder("team-7.prod", run)
