@@ -98,11 +98,11 @@ class Settings(BaseSettings):
         8, ge=1, description="Threads of model work in the API process (apart from routes')."
     )
     inference_processes: int = Field(
-        1,
+        0,
         ge=0,
         le=64,
-        description="Child processes that run heavy model work, away from the API's event loop "
-        "and interpreter lock (0: heavy work on the API's own threads).",
+        description="Child processes that run heavy model work apart from the API process "
+        "(0: heavy work on the API's own threads).",
     )
     inference_nice: int = Field(
         10,

@@ -1,12 +1,14 @@
-"""Heavy model work in child processes, so that the API's event loop and interpreter lock stay
-free for everybody else's requests.
+"""Heavy model work in child processes (`THERMOML_INFERENCE_PROCESSES`, off by default): a
+model that crashes in native code, runs out of memory or hangs costs a child and its request a
+503, not the API process, and work past its deadline can be killed rather than waited for.
 
-A model's Python holds the interpreter lock for much of the time it runs (a diffusion model's
-sampler makes a thousand small TensorFlow calls and NumPy steps per chunk): on the API's own
-threads, that time is taken from the event loop that answers every other request. Measured on
-2 cores with a diffusion model sampling without pause next to 16 clients scoring single rows:
-`/healthz` p99 83-89 ms with the sampling on the API's threads, 40 ms with it in another
-process, 29-35 ms with no sampling at all.
+It is not a latency measure. Measured on 2 cores with a diffusion model sampling without pause
+next to 16 clients scoring single rows, `/healthz` (polled from a process of its own) answered
+the same wherever the sampling ran: p99 7-10 ms on the API's threads, in a child, or in a child
+with one TensorFlow thread, with the machine otherwise quiet; 20-130 ms while other work loaded
+the machine, no placement ahead of the others from one run to the next. A child costs a
+TensorFlow runtime of its own (~0.8 GiB resident, ~0.35 GiB of it not shared with the API) and
+its own loaded models.
 
 `ModelProcesses` keeps up to `inference_processes` children, spawned (never forked: the API may
 have started TensorFlow, which does not survive a fork) when a request first needs one. Each

@@ -1,5 +1,6 @@
-"""Where the chunks of one model request run: on the API's inference threads, or in a model
-process (`service.offload`) once the request is priced heavy.
+"""Where the chunks of one model request run: on the API's inference threads, or, when model
+processes are on (`THERMOML_INFERENCE_PROCESSES`), in one of them (`service.offload`) once the
+request is priced heavy.
 
 A request of unknown cost (its model's operation never measured in this process) starts on the
 threads: its first chunk measures it, and work that turns out cheap (most of it) never pays for

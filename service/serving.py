@@ -6,7 +6,7 @@ serves; rows that do not fit the model are a 422 naming the expected shape. Rows
 model applies its own preprocessing. Concurrent requests for one model are micro-batched
 (`THERMOML_BATCHING`); every request is first admitted by its model's gate
 (`service.admission`), and long work runs in chunks (`service.chunks`), heavy work in a model
-process (`service.placement`).
+process when `THERMOML_INFERENCE_PROCESSES` says so (`service.placement`).
 """
 
 from __future__ import annotations

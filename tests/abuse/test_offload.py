@@ -1,7 +1,8 @@
-"""Heavy model work runs in a model process (`service.offload`), not on the API's threads:
-the answers are the ones the API would compute, refusals keep their status, a process that
-dies or hangs costs its request a 503 (never a 500) and the next request gets a new process,
-a deadline stops the work sent to it, and a deleted model leaves it.
+"""With model processes on (`THERMOML_INFERENCE_PROCESSES`), heavy model work runs in one
+(`service.offload`), not on the API's threads: the answers are the ones the API would compute,
+refusals keep their status, a process that dies or hangs costs its request a 503 (never a 500)
+and the next request gets a new process, a deadline stops the work sent to it, and a deleted
+model leaves it.
 
 The model is `Echo` (tests/abuse/offload_kinds.py): it sleeps a fixed time per sample and logs
 each call with its process id, so where each chunk ran is known.
