@@ -48,10 +48,12 @@ CHROMIUM_FLAGS = [
     "--remote-debugging-address=127.0.0.1",
     "--remote-debugging-port=0",
 ]
+# Long enough (~10 s on a quiet machine, 1 s at a tenth of the walkers) that the job list's
+# Workers section, refreshed every 3 s, sees it running.
 LIVE_JOB = {
     "kind": "langevin",
     "name": "langevin-live",
-    "params": {"steps": 6000, "walkers": 20000, "integrator": "euler_maruyama", "seed": 1},
+    "params": {"steps": 6000, "walkers": 200000, "integrator": "euler_maruyama", "seed": 1},
 }
 
 
@@ -222,7 +224,7 @@ def test_the_dashboard_follows_a_job_live(chromium: DevTools, thermoml_up: str) 
         )
         chromium.wait_for(
             "document.querySelector('#status .badge').textContent === 'succeeded'",
-            60,
+            240,
             "the job's end, pushed to the page",
         )
         assert chromium.evaluate("document.getElementById('live').textContent") == (
