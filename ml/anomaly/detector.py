@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ml.anomaly.autoencoder import AnomalyThreshold
+from ml.anomaly.drift import keep_reference
 from ml.anomaly.scoring import calibrate, evaluate
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
@@ -197,6 +198,7 @@ def run(spec: DetectorSpec, reporter: Reporter, context: RunContext) -> RunOutco
         calibration=calibration,
         evaluation={"method": p.method, **evaluation},
     )
+    keep_reference(outcome, x_fit, p.seed, path.parent)
     result = {
         "method": p.method,
         "rows": rows.rows,

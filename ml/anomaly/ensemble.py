@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from ml.anomaly import drift
 from ml.anomaly.autoencoder import AnomalyThreshold
 from ml.anomaly.comparison import Detector as DetectorName
 from ml.anomaly.comparison import MemberReporter, member_spec, own_field, train_member
@@ -153,7 +154,8 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
         devices.add(trained.device)
         standard = em.Standardiser.fit(trained.score(calibration_rows), p.standardise)
         members.append(em.member_meta(member.kind, name, trained.meta, standard))
-        files |= {f"m{i}_{key}": path for key, path in trained.model.files.items()}
+        own = {key: path for key, path in trained.model.files.items() if key != drift.REFERENCE}
+        files |= {f"m{i}_{key}": path for key, path in own.items()}
         members[-1]["servable"] = trained.servable  # dropped before the meta is stored
     combined = em.Combination(members, p.combine)
     normal = combined.score(calibration_rows)
@@ -173,6 +175,8 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
         calibration=calibration,
         evaluation=evaluation,
     )
+    # The ensemble's rows are raw (each member scales its own): so is its reference sample.
+    drift.keep_reference(model, rows.raw[parts.fit], p.seed, context.workdir / "model")
     result = {
         "members": [m["detector"] for m in members],
         "seconds": time.perf_counter() - started,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.anomaly.drift import keep_reference
 from ml.core.preprocessing import Scaler
 from ml.core.registry import get_kind
 from ml.core.reporting import JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
@@ -180,14 +181,16 @@ def train_autoencoding(spec: Any, reporter: Reporter, context: RunContext) -> Ru
     evaluation: dict[str, Any] = {}
     if data.evaluation_truth is not None and len(data.evaluation):
         evaluation = evaluate(ae.batched(score_fn, data.evaluation), data.evaluation_truth, cut)
+    folder = context.workdir / "model"
     model = ModelOutcome(
-        files=ae.save_artifacts(objective, context.workdir / "model", extras),
+        files=ae.save_artifacts(objective, folder, extras),
         input_shape=list(input_shape),
         capabilities=sorted(get_kind(spec.kind).serves),
         preprocessing=data.scaler.to_dict(),
         calibration=calibration,
         evaluation=evaluation,
     )
+    keep_reference(model, data.train, spec.training.seed, folder)
     result = {
         **fit.summary(resumed=resumed),
         "threshold": cut,

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ml.anomaly.drift import keep_reference
 from ml.core.reporting import JobFailed, Reporter, RunContext, RunOutcome
 from ml.core.serving import calibrated_threshold, score_answer
 from ml.core.training import Callback, FitResult, Trainer, configure_determinism, device_name
@@ -322,6 +323,7 @@ def train_diffusion(
         calibration=calibration_of(params, cut, len(held), log_jacobian),
         evaluation=evaluation,
     )
+    keep_reference(model, data.train, training.seed, context.workdir / "model")
     result = {
         **fit.summary(resumed=resumed),
         "threshold": cut,

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ml.anomaly.autoencoder import AnomalyThreshold
+from ml.anomaly.drift import keep_reference
 from ml.anomaly.scoring import anomaly_mask, calibrate, evaluate
 from ml.clustering.shared import model_outcome
 from ml.core.registry import register_kind
@@ -184,6 +185,7 @@ def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
         calibration=calibration,
         evaluation=evaluation,
     )
+    keep_reference(outcome, x_fit, p.seed, path.parent)
     result = {
         "n_components": k,
         "method": method,
