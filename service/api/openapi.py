@@ -37,7 +37,7 @@ TAGS: list[dict[str, str]] = [
     {"name": "models", "description": "The model registry."},
     {
         "name": "inference",
-        "description": "Model operations: encode, reconstruct, score, predict, "
+        "description": "Model operations: encode, reconstruct, score, predict, drift, "
         "generate (JSON, `.npy` or Arrow rows) and the models' pictures.",
     },
     {"name": "datasets", "description": "Built-in and uploaded data sets."},
@@ -57,6 +57,7 @@ EXTRA_ERRORS: dict[str, tuple[int, ...]] = {
     "reconstruct": (409, 429),
     "score": (409, 429),
     "predict": (409, 429),
+    "drift": (409, 429),
     "generate": (409, 429),
     "model_picture": (409,),
     "sign_in": (401, 403),

@@ -1,4 +1,4 @@
-"""Model operations: encode, reconstruct, score, generate, predict, and pictures.
+"""Model operations: encode, reconstruct, score, generate, predict, drift, and pictures.
 
 Rows come as JSON, `.npy` or Arrow IPC and answers go back in the format `Accept` asks for (see
 `service.bodies`); the operations themselves are `service.serving`'s.
@@ -11,10 +11,19 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from service import bodies, serving
+from service import drift as drift_tests
 from service.api.deps import ModelCacheDep
 from service.auth import current
 from service.inference import ModelCache
 from service.schemas.common import ERROR_RESPONSES
+from service.schemas.drift import (
+    DEFAULT_ALPHA,
+    DEFAULT_PERMUTATIONS,
+    Alpha,
+    DriftOut,
+    Permutations,
+    Seed,
+)
 from service.schemas.inference import GenerateRequest
 
 router = APIRouter(prefix="/v1/models", tags=["inference"], responses=ERROR_RESPONSES)
@@ -81,6 +90,32 @@ async def generate(
     options = body.model_dump(exclude_none=True)
     answer = await serving.generate(**_caller(request, cache, ref), options=options)
     return _respond(request, "generate", answer)
+
+
+@router.post(
+    "/{ref}/drift",
+    openapi_extra=bodies.ROWS_BODY,
+    responses={200: {"model": DriftOut, "description": "The tests' answer (JSON)"}},
+)
+async def drift(
+    ref: str,
+    request: Request,
+    cache: ModelCacheDep,
+    permutations: Permutations = DEFAULT_PERMUTATIONS,
+    alpha: Alpha = DEFAULT_ALPHA,
+    seed: Seed = 0,
+) -> Response:
+    """Whether the rows drifted from the model's training rows: an MMD permutation test on its
+    reference sample, and a Kolmogorov–Smirnov test per feature (Benjamini–Hochberg); for the
+    models that serve `score`."""
+    answer = await drift_tests.run(
+        **_caller(request, cache, ref),
+        body=request.body,
+        content_type=request.headers.get("content-type", ""),
+        options={"permutations": permutations, "alpha": alpha, "seed": seed},
+    )
+    encoded = bodies.encode_answer(answer, bodies.JSON, primary="p_value")  # JSON whatever Accept
+    return Response(encoded.content, media_type=encoded.media_type)
 
 
 @router.get(
