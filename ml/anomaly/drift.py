@@ -207,14 +207,14 @@ def drift_test(
         raise ValueError(f"permutations must be in [1, {MAX_PERMUTATIONS}]")
     if not 0.0 < alpha < 1.0:
         raise ValueError("alpha must be in (0, 1)")
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    x = np.asarray(x).reshape(len(x), -1)  # as sent (float32): only the MMD's rows in float64
     if len(x) < 2:
         raise ValueError("a drift test needs at least 2 rows")
     used = x
     if len(x) > MMD_ROWS:
         keep = np.random.default_rng([seed, 1]).choice(len(x), MMD_ROWS, replace=False)
         used = x[np.sort(keep)]
-    mmd = mmd_test(used, reference, permutations, seed)
+    mmd = mmd_test(used.astype(np.float64), reference, permutations, seed)
     features = feature_tests(x, reference, alpha)
     return {
         "drift": mmd.p_value <= alpha,
