@@ -111,7 +111,17 @@ def test_bad_rows_and_options_are_422_as_for_score(
     assert answer.json()["error"]["message"] == "row 1 holds a non-finite number"
     one = client.post(url, json={"inputs": rows[:1].tolist()})
     assert one.status_code == 422 and "at least 2 rows" in one.json()["error"]["message"]
-    for query in (f"permutations={MAX_PERMUTATIONS + 1}", "permutations=0", "alpha=1", "seed=-1"):
+    queries = (
+        f"permutations={MAX_PERMUTATIONS + 1}",
+        "permutations=0",
+        "permutations=1e9",
+        "alpha=1",
+        "alpha=nan",
+        "alpha=inf",
+        "seed=-1",
+        f"seed={2**40}",
+    )
+    for query in queries:
         refused = client.post(f"{url}?{query}", json={"inputs": rows.tolist()})
         assert refused.status_code == 422, query
         assert refused.json()["error"]["code"] == "validation_error"

@@ -118,6 +118,22 @@ def test_benjamini_hochberg_matches_scipy() -> None:
     np.testing.assert_allclose(drift.benjamini_hochberg(p), stats.false_discovery_control(p))
 
 
+def test_the_feature_tests_are_scipys_in_blocks_of_features() -> None:
+    rng = np.random.default_rng(8)
+    width = 2 * drift.FEATURE_BLOCK + 3
+    x = rng.standard_normal((300, width)).astype(np.float32)
+    y = rng.standard_normal((200, width))
+    x[:, width - 1] += 1.0
+    features = drift.feature_tests(x, y, alpha=0.05)
+    whole = stats.ks_2samp(x, y, axis=0)
+    np.testing.assert_allclose([f["statistic"] for f in features], whole.statistic)
+    np.testing.assert_allclose([f["p_value"] for f in features], whole.pvalue)
+    adjusted = stats.false_discovery_control(whole.pvalue)
+    np.testing.assert_allclose([f["p_value_adjusted"] for f in features], adjusted)
+    assert [f["drift"] for f in features] == list(adjusted <= 0.05)
+    assert features[width - 1]["drift"]
+
+
 def test_large_batches_are_subsampled_for_the_mmd_only() -> None:
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((drift.MMD_ROWS + 500, 2)), rng.standard_normal((50, 2))
