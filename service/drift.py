@@ -18,7 +18,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ml.anomaly.drift import MMD_ROWS, OPERATION, REFERENCE, REFERENCE_ROWS, DriftServable
+from ml.anomaly.drift import (
+    MMD_ROWS,
+    OPERATION,
+    REFERENCE,
+    REFERENCE_ROWS,
+    BeyondScaling,
+    DriftServable,
+)
 from ml.core.serving import Servable
 from service import bodies, prom, serving
 from service.admission import Disconnected
@@ -69,9 +76,12 @@ async def run(
         async with serving._admitted(gate, ticket, disconnected):
             test = await cache.admission.run_sync(load, cache, info)
             computing = time.perf_counter()  # the estimate measures the test, not the load
-            answer = await cache.admission.run_sync(
-                lambda: test.run(OPERATION, x, **options), heavy=ticket.heavy
-            )
+            try:
+                answer = await cache.admission.run_sync(
+                    lambda: test.run(OPERATION, x, **options), heavy=ticket.heavy
+                )
+            except BeyondScaling as exc:
+                raise ServiceError("validation_error", str(exc)) from None
             gate.estimate(OPERATION).update(units, time.perf_counter() - computing, len(x))
         prom.observe_inference(info.kind, len(x), time.perf_counter() - started)
         return answer

@@ -234,6 +234,10 @@ def drift_test(
     }
 
 
+class BeyondScaling(ValueError):
+    """A finite row that the model's preprocessing takes beyond float32's range."""
+
+
 class DriftServable:
     """`drift` on a model's reference sample: the models row's scaler and the sample, loaded
     without the model's network (the service keeps it in its model cache apart)."""
@@ -248,5 +252,11 @@ class DriftServable:
         if operation != OPERATION or inputs is None:
             raise UnsupportedOperation(operation, self.operations)
         rows = np.asarray(inputs, np.float32)
-        x = self.scaler.transform(rows).reshape(len(rows), -1)
+        with np.errstate(over="ignore", invalid="ignore"):  # found and refused just below
+            x = self.scaler.transform(rows).reshape(len(rows), -1)
+        finite = np.isfinite(x).all(axis=1)
+        if not finite.all():
+            raise BeyondScaling(
+                f"row {int(np.argmin(finite))} is too large for the model's scaling"
+            )
         return drift_test(x, self.reference, **options)

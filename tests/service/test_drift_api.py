@@ -109,6 +109,11 @@ def test_bad_rows_and_options_are_422_as_for_score(
     answer = client.post(url, content=npy(with_inf), headers={"content-type": "application/x-npy"})
     assert answer.status_code == 422
     assert answer.json()["error"]["message"] == "row 1 holds a non-finite number"
+    # Finite, but beyond float32 once standardised (÷ the feature's sd, here < 1): 422 too.
+    huge = np.full((3, 30), np.finfo(np.float32).max, np.float32)
+    answer = client.post(url, content=npy(huge), headers={"content-type": "application/x-npy"})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["message"] == "row 0 is too large for the model's scaling"
     one = client.post(url, json={"inputs": rows[:1].tolist()})
     assert one.status_code == 422 and "at least 2 rows" in one.json()["error"]["message"]
     queries = (
