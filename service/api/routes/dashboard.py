@@ -22,7 +22,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
-from service import workers_seen
+from service import telemetry_notes, workers_seen
 from service.api.deps import PageDep, PrincipalDep, SessionDep, SettingsDep
 from service.auth import Principal
 from service.config import Settings
@@ -162,12 +162,20 @@ def workers_page(
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(job_id: str, session: SessionDep, principal: PrincipalDep) -> HTMLResponse:
-    """One job: status, progress, its metric plots (updated live), result and spec."""
+    """One job: status, progress, its metric plots and latest values (updated live), its
+    equilibrium state, result and spec; metrics undefined for the job are listed apart."""
     try:
         job = job_out(job_repo.get(session, job_id=job_id, scope=principal.scope))
     except ServiceError as exc:
         return _not_found(exc)
     cursor = metric_repo.max_point_id(session, job_id=job_id)
+    notes = telemetry_notes.job_notes(
+        session,
+        job_id=job_id,
+        kind=job.kind,
+        spec=job.spec,
+        latest=metric_repo.latest_values(session, job_id=job_id),
+    )
     page_data = {
         "id": job.id,
         "status": job.status,
@@ -175,14 +183,9 @@ def job_page(job_id: str, session: SessionDep, principal: PrincipalDep) -> HTMLR
         "events": f"/v1/jobs/{job.id}/events",
         "last_event_id": cursor * ID_SCALE,
         "plot": f"/v1/jobs/{job.id}/metrics.png",
+        **notes.page,
     }
-    return _page(
-        "job.html",
-        title=f"Job {job.name}",
-        job=job,
-        latest=metric_repo.latest_values(session, job_id=job_id),
-        page_data=page_data,
-    )
+    return _page("job.html", title=f"Job {job.name}", job=job, notes=notes, page_data=page_data)
 
 
 @router.get("/models", response_class=HTMLResponse)

@@ -134,19 +134,92 @@ const thermoml = (() => {
       document.getElementById("progress").replaceChildren(progressBar(p, status));
     }
 
-    function setLatest(series) {
+    // The latest values, as the server's service/telemetry_notes.py shows them: a metric with no
+    // finite point is listed apart with its reason, `equilibrium` is a badge with its statistic
+    // in the tooltip, and `grad_noise_scale` reads "≥ value" when it is a lower bound.
+    const notes = data.notes;
+    const latest = new Map(Object.entries(data.latest));  // name -> [step, value]
+    const defined = new Set(data.defined);  // names with at least one finite point
+
+    function baseName(name) {
+      for (const prefix of notes.prefixes) if (name.startsWith(prefix)) return name.slice(prefix.length);
+      return name;
+    }
+
+    function prefixOf(name) { return name.slice(0, name.length - baseName(name).length); }
+
+    function sortedInsert(parent, node, name) {
+      const after = [...parent.children].find((r) => r.dataset.name > name);
+      parent.insertBefore(node, after || null);
+    }
+
+    function showRow(name) {
       const body = document.querySelector("#latest tbody");
+      let row = body.querySelector(`tr[data-name="${CSS.escape(name)}"]`);
+      if (!row) {
+        row = el("tr", { "data-name": name }, el("td", {}, name), el("td", {}), el("td", {}));
+        sortedInsert(body, row, name);
+      }
+      const gone = document.querySelector(`#hidden-metrics li[data-name="${CSS.escape(name)}"]`);
+      if (gone) gone.remove();
+      document.getElementById("undefined").hidden = !document.querySelector("#hidden-metrics li");
+      const [step, value] = latest.get(name);
+      const text = number(value);
+      let bound = false;
+      if (baseName(name) === "grad_noise_scale" && value !== null) {
+        const flag = latest.get(`${prefixOf(name)}grad_noise_scale_lower_bound`);
+        bound = Boolean(flag && flag[0] === step && flag[1] === 1);
+      }
+      const cell = row.children[2];
+      row.children[1].textContent = step;
+      cell.textContent = bound ? `≥ ${text}` : text;
+      cell.className = bound ? "bound" : "";
+      if (bound) cell.title = notes.bound_title; else cell.removeAttribute("title");
+    }
+
+    function hideRow(name) {
+      const list = document.getElementById("hidden-metrics");
+      if (list.querySelector(`li[data-name="${CSS.escape(name)}"]`)) return;
+      const reason = notes.reasons[baseName(name)] || notes.other;
+      sortedInsert(list, el("li", { "data-name": name, title: `${notes.intro} ${reason}` }, name), name);
+      document.getElementById("undefined").hidden = false;
+    }
+
+    function setBadge(name) {
+      const prefix = prefixOf(name);
+      const [step, value] = latest.get(name);
+      const state = value === null ? "unknown" : value === 1 ? "in" : "out";
+      const label = { in: "in equilibrium", out: "not in equilibrium", unknown: "equilibrium untested" }[state];
+      const stat = latest.get(`${prefix}equilibrium_statistic`);
+      const t = stat && stat[0] === step ? number(stat[1]) : "null";
+      const title = state === "unknown"
+        ? `At step ${step}: ${notes.reasons.equilibrium} ${notes.equilibrium_rule}`
+        : `${prefix}equilibrium_statistic t = ${t} at step ${step}. ${notes.equilibrium_rule}`;
+      const who = prefix ? `${prefix.replace(/_$/, "")}: ` : "";
+      const badgeNode = el("span", { class: `badge equilibrium equilibrium-${state}`, "data-name": name, title }, who + label);
+      const box = document.getElementById("equilibria");
+      const old = box.querySelector(`[data-name="${CSS.escape(name)}"]`);
+      if (old) old.replaceWith(badgeNode); else sortedInsert(box, badgeNode, name);
+    }
+
+    function setLatest(series) {
+      const touched = new Set();
       for (const [name, s] of Object.entries(series)) {
         const i = s.steps.length - 1;
         if (i < 0) continue;
-        let row = body.querySelector(`tr[data-name="${CSS.escape(name)}"]`);
-        if (!row) {
-          row = el("tr", { "data-name": name }, el("td", {}, name), el("td", {}), el("td", {}));
-          const after = [...body.children].find((r) => r.dataset.name > name);
-          body.insertBefore(row, after || null);
-        }
-        row.children[1].textContent = s.steps[i];
-        row.children[2].textContent = number(s.values[i]);
+        latest.set(name, [s.steps[i], s.values[i]]);
+        if (s.values.some((v) => v !== null)) defined.add(name);
+        touched.add(name);
+      }
+      for (const name of [...touched]) {  // a flag or a statistic changes how its metric reads
+        const base = baseName(name);
+        if (base === "grad_noise_scale_lower_bound") touched.add(`${prefixOf(name)}grad_noise_scale`);
+        if (base === "equilibrium_statistic") touched.add(`${prefixOf(name)}equilibrium`);
+      }
+      for (const name of touched) {
+        if (!latest.has(name)) continue;
+        if (defined.has(name)) showRow(name); else hideRow(name);
+        if (notes.trained && baseName(name) === "equilibrium") setBadge(name);
       }
     }
 
