@@ -181,17 +181,8 @@ class EventWriter:
         try:
             if not self._opened:
                 self._open()  # starts with what the database holds, these points included
-            else:
-                now = time.time()
-                fresh = [
-                    (name, step, value, now)
-                    for name, step, value in points
-                    if math.isfinite(value) and step > self._last.get(tag_of(name), -1)
-                ]
-                for name, step, _, _ in fresh:
-                    self._last[tag_of(name)] = step
-                if fresh:
-                    self._append(encode_steps(fresh))
+            elif fresh := self._fresh(points):
+                self._append(encode_steps(fresh))
             self._upload(force=False)
         except Exception as exc:
             log.warning("job %s: TensorBoard events not written live: %s", self.job_id, exc)
@@ -225,6 +216,20 @@ class EventWriter:
             log.warning("job %s: TensorBoard events not uploaded: %s", self.job_id, exc)
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _fresh(self, points: Sequence[Point]) -> list[tuple[str, int, float, float]]:
+        """The finite points at a step after the last one written for their tag, by step (of one
+        step reported twice, the later value, as in the database)."""
+        reported: dict[tuple[str, int], tuple[str, float]] = {}
+        for name, step, value in points:
+            if math.isfinite(value):
+                reported[(tag_of(name), step)] = (name, value)
+        now, fresh = time.time(), []
+        for (tag, step), (name, value) in sorted(reported.items(), key=lambda item: item[0][1]):
+            if step > self._last.get(tag, -1):
+                self._last[tag] = step
+                fresh.append((name, step, value, now))
+        return fresh
 
     def _open(self) -> None:
         """Start the attempt's file with the database's points that earlier attempts' files lack

@@ -5,6 +5,7 @@ the tenant's folder, on a local store and on S3; read back by our reader and by 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import signal
@@ -196,6 +197,20 @@ def test_each_report_is_in_the_file_when_it_returns(
     uri = reporter.writer.finish()  # type: ignore[attr-defined]
     assert uri == store.url(f"tensorboard/default/live-run-{job_id[:8]}/{path.name}")
     assert read_run(run)["heat/heat"] == [(s, pytest.approx(s / 10)) for s in range(1, 6)]
+
+
+def test_a_batch_out_of_order_or_repeated_is_written_once_per_step(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    job_id = queued_job(client)
+    reporter = live(job_id, attempt_of(job_id), tmp_path / "logs", tmp_path / "staging")
+    reporter.metrics(1, {"heat": 1.0})
+    reporter.flush()
+    writer = reporter.writer  # type: ignore[attr-defined]
+    writer.write([("heat", 5, 5.0), ("heat", 3, 3.0), ("heat", 5, 50.0), ("heat", 1, -1.0)])
+    writer.write([("heat", 4, 4.0), ("heat", 6, math.inf), ("heat", 7, 7.0)])
+    points = our_points([Path(writer.finish()).read_bytes()])
+    assert [(s, v) for _, s, v in points] == [(1, 1.0), (3, 3.0), (5, 50.0), (7, 7.0)]
 
 
 def test_a_resumed_job_writes_no_point_twice(
