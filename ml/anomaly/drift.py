@@ -38,6 +38,7 @@ DEFAULT_PERMUTATIONS = 100
 MAX_PERMUTATIONS = 1000
 DEFAULT_ALPHA = 0.05
 BLOCK_ROWS = 512  # pooled rows per block of distances or kernel values
+TIE_TOLERANCE = 1e-12  # relative: permuted statistics this close to the observed one are ties
 FEATURE_BLOCK = 64  # features per block of the Kolmogorov–Smirnov tests
 OPERATION = "drift"
 
@@ -152,7 +153,10 @@ def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int, seed: int) -> Mmd:
     labels = permutation_labels(len(x), len(y), permutations, seed)
     stats = mmd2_of_labels(d2, labels, 1.0 / (2.0 * sigma * sigma))
     observed, permuted = float(stats[0]), stats[1:]
-    p_value = (1.0 + float(np.sum(permuted >= observed))) / (permutations + 1.0)
+    # Ties count as at least as large: a labelling as extreme as the observed one, summed in
+    # another order, may differ from it by rounding alone.
+    tie = TIE_TOLERANCE * max(1.0, abs(observed))
+    p_value = (1.0 + float(np.sum(permuted >= observed - tie))) / (permutations + 1.0)
     return Mmd(observed, p_value, sigma, permutations)
 
 

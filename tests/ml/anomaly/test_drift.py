@@ -159,6 +159,14 @@ def test_out_of_range_options_are_refused(options: dict[str, float], message: st
         drift.drift_test(rows, rows, **options)  # type: ignore[arg-type]
 
 
+def test_labellings_as_extreme_as_the_observed_one_count_despite_rounding() -> None:
+    """Three points, in the same proportions on both sides: every permutation's MMD² is at
+    least the observed one, most of them equal to it but summed in another order."""
+    points = np.array([[0.0, 3.0], [1.0, 0.5], [2.0, 1.0]])
+    y, x = np.tile(points, (10, 1)), np.tile(points, (7, 1))
+    assert drift.mmd_test(x, y, permutations=200, seed=0).p_value == 1.0
+
+
 def test_identical_rows_answer_no_drift() -> None:
     """Every pooled pair coincides: no bandwidth to take from them, and no evidence of drift."""
     rows = np.ones((20, 3))
