@@ -173,7 +173,7 @@ def cases() -> list[Case]:
         Case(
             "autoencoder",
             x_digits,
-            TrainingConfig().batch_size,
+            TrainingConfig().batch_for(len(x_digits)),
             lambda: AutoencoderObjective(ae, shape),
             ae_fit,
             lambda objective, config: Trainer(objective, config, MemoryReporter()),
@@ -182,7 +182,7 @@ def cases() -> list[Case]:
         Case(
             "vae",
             x_digits,
-            TrainingConfig().batch_size,
+            TrainingConfig().batch_for(len(x_digits)),
             lambda: VaeObjective(vae, shape),
             lambda objective, x: objective_model(
                 objective, x, keras.optimizers.Adam(LEARNING_RATE)

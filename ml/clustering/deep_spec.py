@@ -83,7 +83,7 @@ class DeepClusteringSpec(JobSpec):
             estimate, (features,), hidden=p.hidden, latent_dim=p.latent_dim, architecture="dense"
         )
         estimate.add_parameters("params.n_clusters", p.n_clusters * p.latent_dim)
-        batch = self.training.batch_size  # type: ignore[attr-defined]
+        batch = self.training.largest_batch  # type: ignore[attr-defined]
         trained(estimate, rows=rows, features=features, batch_size=batch, widths=widths)
         estimate.add_memory("params.n_clusters", CLUSTER_MATRICES * rows * p.n_clusters * FLOAT)
         return estimate

@@ -244,7 +244,7 @@ class Trainer(TrainingSteps):
         return self.config.telemetry.interval(full_steps)
 
     def _batch_size(self, n: int) -> int:
-        batch = self.config.batch_size
+        batch = self.config.batch_for(n)
         if n < batch:
             batch = max(self.micro, (n // self.micro) * self.micro)
         if batch < 2 * self.micro:

@@ -114,9 +114,19 @@ class TelemetryConfig(StrictModel):
         return auto_interval(total_steps) if self.every == "auto" else self.every
 
 
+AUTO_BATCH = 64  # "auto": the batch of a data set large enough for AUTO_MIN_STEPS_PER_EPOCH
+AUTO_MIN_STEPS_PER_EPOCH = 8
+
+
 class TrainingConfig(StrictModel):
     epochs: int = Field(20, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=2, le=65_536)
+    batch_size: Annotated[int, Field(ge=2, le=65_536)] | Literal["auto"] = Field(
+        "auto",
+        description=f'Rows a step; "auto": {AUTO_BATCH}, or fewer (a multiple of '
+        f"`telemetry.microbatches`, at least two per micro-batch) so that an epoch has at least "
+        f"{AUTO_MIN_STEPS_PER_EPOCH} steps: small data sets get enough updates and measuring "
+        "points.",
+    )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     validation_split: float = Field(0.1, ge=0, lt=1)
@@ -125,9 +135,23 @@ class TrainingConfig(StrictModel):
     early_stopping: EarlyStopping | None = None
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
+    @property
+    def largest_batch(self) -> int:
+        """The batch of a large data set (what memory estimates count)."""
+        return self.batch_for(2**62)
+
+    def batch_for(self, rows: int) -> int:
+        """The batch of an epoch of `rows` training rows, before a batch larger than the data
+        shrinks to fit it."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        micro = self.telemetry.microbatches
+        fits = (rows // AUTO_MIN_STEPS_PER_EPOCH) // micro * micro
+        return max(2 * micro, min(AUTO_BATCH // micro * micro, fits))
+
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
-        if self.batch_size % self.telemetry.microbatches:
+        if self.batch_size != "auto" and self.batch_size % self.telemetry.microbatches:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be a multiple of telemetry.microbatches "
                 f"({self.telemetry.microbatches})"

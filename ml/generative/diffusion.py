@@ -111,7 +111,7 @@ class DiffusionSpec(JobSpec):
             estimate,
             rows=rows,
             features=features,
-            batch_size=self.training.batch_size,
+            batch_size=self.training.largest_batch,
             widths=widths,
             weight_copies=EMA_WEIGHT_COPIES,
         )

@@ -13,7 +13,7 @@ from ml.core.registry import register_kind
 from ml.core.reporting import Reporter, RunContext, RunOutcome
 from ml.core.sizing import SizeEstimate, Width, trained, use_conv
 from ml.core.spec import JobSpec, Preprocessing, StrictModel
-from ml.core.training_config import TrainingConfig
+from ml.core.training_config import AUTO_BATCH, TrainingConfig
 from ml.generative.params import OBJECTIVE_DEFAULTS, ObjectiveDefaults, evaluation_split_field
 from ml.generative.sizes import gan_parameters
 
@@ -169,7 +169,7 @@ def preset_training(training: dict[str, Any], params: dict[str, Any] | None = No
     the default preset's rate and the objective's betas, or the seed's shared defaults."""
     params = params or {}
     if params.get("preset") == "seed":  # the shared defaults, as the gan kind had them
-        return {"batch_size": TrainingConfig.model_fields["batch_size"].default, **training}
+        return {"batch_size": AUTO_BATCH, **training}
     optimizer = training.get("optimizer") or {}
     if not isinstance(optimizer, dict):
         return training

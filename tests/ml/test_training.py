@@ -17,9 +17,11 @@ from tensorflow.python.framework import config as tf_config
 from ml.core.reporting import JobFailed, MemoryReporter
 from ml.core.training import Callback, StopTraining, Trainer, configure_determinism
 from ml.core.training_config import (
+    AUTO_BATCH,
     AUTO_MAX_POINTS,
     AUTO_MIN_INTERVAL,
     AUTO_MIN_POINTS,
+    AUTO_MIN_STEPS_PER_EPOCH,
     TrainingConfig,
     auto_interval,
 )
@@ -628,3 +630,32 @@ def test_early_stopping_on_equilibrium() -> None:
     assert result.stopped_early and result.epochs_run < 30
     last = max(reporter.points["equilibrium"])
     assert reporter.points["equilibrium"][last] == 1.0
+
+
+@pytest.mark.parametrize("microbatches", [2, 3, 4, 5, 8, 48, 64])
+@pytest.mark.parametrize("rows", [1, 16, 63, 64, 100, 290, 511, 512, 513, 10_000, 10**9])
+def test_auto_batch_size_gives_small_data_sets_at_least_8_steps_an_epoch(
+    rows: int, microbatches: int
+) -> None:
+    config = TrainingConfig.model_validate({"telemetry": {"microbatches": microbatches}})
+    batch = config.batch_for(rows)
+    assert batch % microbatches == 0 and batch >= 2 * microbatches
+    assert batch <= max(AUTO_BATCH, 2 * microbatches)
+    if batch > 2 * microbatches:  # not at its smallest: the data set gives 8 full steps
+        assert rows // batch >= AUTO_MIN_STEPS_PER_EPOCH
+    if rows >= AUTO_MIN_STEPS_PER_EPOCH * AUTO_BATCH:
+        assert batch == config.largest_batch
+    assert config.largest_batch == max(AUTO_BATCH // microbatches * microbatches, 2 * microbatches)
+    fixed = TrainingConfig.model_validate(
+        {"batch_size": 6 * microbatches, "telemetry": {"microbatches": microbatches}}
+    )
+    assert fixed.batch_for(rows) == fixed.largest_batch == 6 * microbatches
+
+
+def test_auto_batch_size_is_the_default_and_a_fixed_one_is_still_checked() -> None:
+    assert TrainingConfig().batch_size == "auto"
+    with pytest.raises(ValueError, match=r"multiple of telemetry\.microbatches"):
+        TrainingConfig.model_validate({"batch_size": 30})
+    for bad in ("Auto", "", 1, 0, None, [64], "64\x00"):
+        with pytest.raises(ValueError):
+            TrainingConfig.model_validate({"batch_size": bad})
