@@ -16,11 +16,10 @@ from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_fiel
 from ml.core.training_config import TrainingConfig
 
 if TYPE_CHECKING:
-    from ml.anomaly.autoencoding import AutoencoderEnsemble, AutoencoderObjective
+    from ml.anomaly.autoencoding import AutoencoderObjective
 
 Activation = Literal["relu", "elu", "gelu", "selu", "tanh", "leaky_relu", "sigmoid"]
 Labels = int | list[int] | None
-MAX_ENSEMBLE = 16
 
 
 class AnomalyThreshold(StrictModel):
@@ -64,13 +63,6 @@ class AutoencoderParams(AnomalyThreshold):
         "mse", description="Mean over features; cross-entropy needs inputs in [0, 1] (minmax)."
     )
     output_activation: Literal["auto", "linear", "sigmoid"] = "auto"
-    ensemble_size: int = Field(
-        1,
-        ge=1,
-        le=MAX_ENSEMBLE,
-        description="Networks trained side by side from initial weights of their own; a row's "
-        "reconstruction is the mean of theirs.",
-    )
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderParams:
@@ -113,12 +105,10 @@ class AutoencoderParams(AnomalyThreshold):
     def add_own_parameters(self, estimate: SizeEstimate, row_shape: tuple[int, ...]) -> None:
         """Weights outside the networks: none."""
 
-    def objective(self, input_shape: tuple[int, ...]) -> AutoencoderObjective | AutoencoderEnsemble:
+    def objective(self, input_shape: tuple[int, ...]) -> AutoencoderObjective:
         """The training objective these params describe, for rows of `input_shape`."""
-        from ml.anomaly.autoencoding import AutoencoderEnsemble, AutoencoderObjective
+        from ml.anomaly.autoencoding import AutoencoderObjective
 
-        if self.ensemble_size > 1:
-            return AutoencoderEnsemble(self, input_shape)
         return AutoencoderObjective(self, input_shape)
 
 
