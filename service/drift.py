@@ -73,7 +73,7 @@ async def run(
         ticket = gate.ticket(OPERATION, units, key=key, batched=False)
         started = time.perf_counter()
         # The very admission, deadline and refusals of the row operations.
-        async with serving._admitted(gate, ticket, disconnected):
+        async with serving.admitted(gate, ticket, disconnected):
             test = await cache.admission.run_sync(load, cache, info)
             computing = time.perf_counter()  # the estimate measures the test, not the load
             try:

@@ -86,7 +86,7 @@ async def run_rows(
         batched = settings.batching and len(x) < settings.batch_max_rows
         ticket = gate.ticket(operation, len(x), key=key, batched=batched)
         started = time.perf_counter()
-        async with _admitted(gate, ticket, disconnected):
+        async with admitted(gate, ticket, disconnected):
             if not ticket.needs_slot:
                 answer = await _batched(cache, settings, info, operation, x)
             else:
@@ -110,7 +110,7 @@ async def run_rows(
 
 
 @asynccontextmanager
-async def _admitted(
+async def admitted(
     gate: Gate, ticket: Ticket, disconnected: Disconnected | None
 ) -> AsyncIterator[None]:
     """The request admitted by its model's gate, run within its deadline, then let go; the
@@ -205,7 +205,7 @@ async def generate(
     chunked = chunks.generate_options(options) if n > chunks.GENERATE_CHUNK else options
     started = time.perf_counter()
     try:
-        async with _admitted(gate, ticket, disconnected):
+        async with admitted(gate, ticket, disconnected):
             place = Placement(
                 cache, settings, info, gate, ticket, operation="generate", units=n * steps
             )
