@@ -204,6 +204,22 @@ class Models:
         )
         return _arrays(response.content)
 
+    def drift(self, ref: str, rows: Any, **options: Any) -> dict[str, Any]:
+        """Have `rows` drifted from the model's training rows? `drift`, `p_value`, `statistic`
+        (kernel MMD, permutation test) and `features` (per-feature Kolmogorov–Smirnov);
+        `permutations`, `alpha`, `seed` as the route documents them."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(rows, dtype=np.float32), allow_pickle=False)
+        response = self.client.transport.request(
+            "POST",
+            f"/v1/models/{ref}/drift",
+            content=buffer.getvalue(),
+            params=options,
+            headers={"Content-Type": NPY, "Accept": "application/json"},
+        )
+        answer: dict[str, Any] = response.json()
+        return answer
+
     def _rows(self, operation: str, ref: str, rows: Any) -> dict[str, Any]:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(rows, dtype=np.float32), allow_pickle=False)

@@ -82,6 +82,17 @@ def test_rows_go_as_npy_and_answers_come_back_as_arrays(server: Server) -> None:
         assert client.models.encode(job.model_id, rows)["latents"].shape == (7, 5)
         assert client.models.get(job.model_id)["id"] == job.model_id
         assert job.model_id in {m["id"] for m in client.models.list(kind="pca")}
+        drift = client.models.drift(job.model_id, rows, permutations=50, seed=3)
+        same = httpx.post(
+            f"{server.url}/v1/models/{job.model_id}/drift",
+            params={"permutations": 50, "seed": 3},
+            json={"inputs": rows.tolist()},
+        ).json()
+        assert drift["p_value"] == pytest.approx(same["p_value"])
+        assert drift["permutations"] == 50 and len(drift["features"]) == 30
+        assert drift["drift"] is True  # rows around 50 against standardised training rows
+        with pytest.raises(thermoml.InvalidRequest):
+            client.models.drift(job.model_id, rows, permutations=10**6)
 
 
 def mock_client(answers: list[httpx.Response], seen: list[httpx.Request]) -> thermoml.Client:
