@@ -237,6 +237,35 @@ def cmd_score(args: argparse.Namespace, api: Api) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace, api: Api) -> int:
+    rows = read_rows(args.file, label_column=args.label_column)
+    params = {"permutations": args.permutations, "alpha": args.alpha, "seed": args.seed}
+    answer = api.json(
+        "POST", f"/v1/models/{args.model}/drift", params=params, json={"inputs": rows}
+    )
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    verdict = "drift" if answer["drift"] else "no drift"
+    print(
+        f"{verdict}: MMD² {answer['statistic']:.4g}, p = {answer['p_value']:.4g} "
+        f"({answer['permutations']} permutations, alpha {answer['alpha']}); "
+        f"{answer['rows']} rows against {answer['reference_rows']} reference rows"
+    )
+    drifted = [f for f in answer["features"] if f["drift"]]
+    if drifted:
+        print(
+            _table(
+                [
+                    [str(f["feature"]), f"{f['statistic']:.3f}", f"{f['p_value_adjusted']:.3g}"]
+                    for f in sorted(drifted, key=lambda f: f["p_value_adjusted"])
+                ],
+                ["feature", "KS", "p (BH)"],
+            )
+        )
+    return 0
+
+
 # --- wiring -------------------------------------------------------------------------------------
 
 
@@ -328,3 +357,16 @@ def add_client_commands(subparsers: Any) -> None:
     score.add_argument("--batch-rows", type=int, default=SCORE_BATCH_ROWS, help=argparse.SUPPRESS)
     _connection(score)
     score.set_defaults(func=_run(cmd_score))
+
+    drift = subparsers.add_parser(
+        "drift", help="have a CSV file's rows drifted from a model's training rows?"
+    )
+    drift.add_argument("model", help="model id, name (latest version) or name@version")
+    drift.add_argument("file", help="CSV of numeric rows (a header line is allowed), or -")
+    drift.add_argument("--label-column", help="a column to leave out (e.g. the label)")
+    drift.add_argument("--permutations", type=int, default=100)
+    drift.add_argument("--alpha", type=float, default=0.05)
+    drift.add_argument("--seed", type=int, default=0)
+    drift.add_argument("--json", action="store_true", help="the whole answer as JSON")
+    _connection(drift)
+    drift.set_defaults(func=_run(cmd_drift))

@@ -283,3 +283,61 @@ def test_the_end_of_a_job_is_a_summary_or_with_json_the_whole_job(
     code, out, err = run(capsys, "submit", str(spec), "--wait", "--json", "--server", server.url)
     assert code == 0 and json.loads(out)["result"].keys() == job["result"].keys()
     assert "submitted job" in err
+
+
+def test_drift_sends_the_rows_and_options_and_prints_the_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        rows = json.loads(request.content)["inputs"]
+        features = [
+            {
+                "feature": i,
+                "statistic": 0.9 - i / 10,
+                "p_value": 0.001,
+                "p_value_adjusted": 0.002,
+                "drift": i == 1,
+            }
+            for i in range(len(rows[0]))
+        ]
+        return httpx.Response(
+            200,
+            json={
+                "drift": True,
+                "p_value": 0.0099,
+                "statistic": 0.25,
+                "alpha": 0.01,
+                "permutations": 200,
+                "rows": len(rows),
+                "reference_rows": 1000,
+                "features": features,
+            },
+        )
+
+    real_api = client_cli.Api
+    monkeypatch.setattr(
+        client_cli,
+        "Api",
+        lambda server, key, **kw: real_api(
+            server, key, http=httpx.Client(base_url=server, transport=httpx.MockTransport(answer))
+        ),
+    )
+    monkeypatch.setenv("THERMOML_SERVER", "http://127.0.0.1:9")
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    args = ["drift", "m", str(data), "--label-column", "label", "--permutations", "200"]
+    code, out, err = run(capsys, *args, "--alpha", "0.01")
+    assert code == 0, err
+    assert seen[0].url.path == "/v1/models/m/drift"
+    assert dict(seen[0].url.params) == {"permutations": "200", "alpha": "0.01", "seed": "0"}
+    assert json.loads(seen[0].content) == {"inputs": [[1.0, 2.0], [3.0, 4.0]]}
+    assert out.startswith("drift: MMD² 0.25, p = 0.0099 (200 permutations, alpha 0.01)")
+    assert "2 rows against 1000 reference rows" in out
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["1", "0.800"] for line in lines)  # the drifted feature
+    assert not any(line.split()[:1] == ["0"] for line in lines[1:])  # not the others
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0 and json.loads(out)["reference_rows"] == 1000
