@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ml.core.spec import JobSpec
-from service import datasets
+from service import datasets, models
 from service.auth import Principal
 from service.config import Settings
 from service.db import jobs as reads
@@ -80,6 +80,7 @@ def submit(
             return Submitted(replay, replayed=True)
     with session.begin():
         datasets.check_ref(session, spec, settings, scope=principal.scope)
+        spec = models.pin_refs(session, spec, scope=principal.scope)
     job_id = new_id()
     try:
         with session.begin():

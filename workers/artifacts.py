@@ -20,14 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ml.core.datasets import DataError, Dataset
-from ml.core.reporting import JobFailed, ModelOutcome
+from ml.core.reporting import JobFailed, ModelOutcome, RegisteredModel
 from service import datasets
 from service import jobs as lifecycle
 from service.db import jobs as job_reads
 from service.db import models as model_repo
 from service.db import tenancy
 from service.db.base import utcnow
-from service.db.tables import Job
+from service.db.tables import Job, Model
 from service.jsonsafe import json_safe
 from service.storage import (
     ArtifactStore,
@@ -51,6 +51,46 @@ def load_dataset(
     except (LookupError, DataError, StorageError) as exc:
         message = str(exc).strip("'\"")
         raise JobFailed("invalid_data", f"data set {ref}: {message}") from exc
+
+
+def load_models(
+    sessions: sessionmaker[Session], store: ArtifactStore, ids: list[str], folder: Path
+) -> list[RegisteredModel]:
+    """The registered models a job reads (pinned to ids at submit), their files downloaded and
+    checked; a job failure `invalid_data` when one was deleted or its files cannot be read."""
+    with sessions() as session:
+        rows = [session.get(Model, model_id) for model_id in ids]
+        found = [
+            (
+                r.id, r.kind, f"{r.name}@{r.version}", dict(r.files or {}),
+                {
+                    "input_shape": list(r.input_shape or []),
+                    "preprocessing": dict(r.preprocessing or {}),
+                    "calibration": dict(r.calibration or {}),
+                    "capabilities": list(r.capabilities or []),
+                },
+            )
+            if r is not None
+            else None
+            for r in rows
+        ]  # fmt: skip
+    loaded = []
+    for i, (model_id, row) in enumerate(zip(ids, found, strict=True)):
+        if row is None:
+            raise JobFailed("invalid_data", f"model {model_id} was deleted after the job's submit")
+        _, kind, name, entries, meta = row
+        own = folder / f"m{i}"
+        own.mkdir(parents=True, exist_ok=True)
+        files = {}
+        try:
+            for key, entry in entries.items():
+                local = own / str(entry["key"]).rsplit("/", 1)[-1]
+                store.download(entry["key"], local, sha256=entry["sha256"])
+                files[key] = local
+        except StorageError as exc:
+            raise JobFailed("invalid_data", f"model {name} ({model_id}): {exc}") from exc
+        loaded.append(RegisteredModel(model_id, kind, name, files, meta))
+    return loaded
 
 
 class Checkpoints:

@@ -179,6 +179,10 @@ class JobRun:
             self.context.dataset = artifacts.load_dataset(
                 self.sessions, self.store, spec.dataset, self.folder / "data"
             )
+        if spec.model_refs():
+            self.context.models = artifacts.load_models(
+                self.sessions, self.store, spec.model_refs(), self.folder / "models"
+            )
         self.checkpoints.restore()
         self.reporter.on_checkpoint = self.checkpoints.save
         return kind.run(spec, self.reporter, self.context)

@@ -5,16 +5,18 @@ score with one calibrated threshold, served like any detector (`ml.anomaly.ensem
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+import numpy as np
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 
 from ml.anomaly import drift
 from ml.anomaly.autoencoder import AnomalyThreshold
 from ml.anomaly.comparison import Detector as DetectorName
 from ml.anomaly.comparison import MemberReporter, member_spec, own_field, train_member
 from ml.anomaly.scoring import calibrate, evaluate
-from ml.core.registry import register_kind
+from ml.core.registry import get_kind, register_kind
 from ml.core.reporting import CPU, JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
 from ml.core.sizing import SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
@@ -22,6 +24,7 @@ from ml.reduction import shared as reduction
 from ml.reduction.pca import split
 
 MIN_CALIBRATION_ROWS = 8
+MAX_MEMBERS = 8
 FIELD = "params.members"
 
 
@@ -36,8 +39,22 @@ class Member(StrictModel):
     )
 
 
+ModelRef = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+
 class EnsembleParams(AnomalyThreshold):
-    members: list[Member] = Field(min_length=2, max_length=8)
+    members: list[Member] = Field(
+        default_factory=list,
+        max_length=MAX_MEMBERS,
+        description="Detectors trained in this job, on the ensemble's rows.",
+    )
+    models: list[ModelRef] = Field(
+        default_factory=list,
+        max_length=MAX_MEMBERS,
+        description="Registered models that serve `score` (id, name or name@version), on rows "
+        "of the data set's width; pinned to their ids at submit. Standardised on the "
+        "ensemble's held-out normal rows like the members.",
+    )
     standardise: Literal["zscore", "rank"] = Field(
         "zscore",
         description="`zscore`: (score − mean) / sd of the member's scores on the held-out normal "
@@ -55,6 +72,12 @@ class EnsembleParams(AnomalyThreshold):
 
     @model_validator(mode="after")
     def _check(self) -> EnsembleParams:
+        count = len(self.members) + len(self.models)
+        if not 2 <= count <= MAX_MEMBERS:
+            raise ValueError(
+                f"an ensemble combines 2 to {MAX_MEMBERS} detectors (members and models "
+                f"together); this one has {count}"
+            )
         if self.normal_label is not None and self.anomaly_label is not None:
             raise ValueError("give normal_label or anomaly_label, not both")
         for own in (m.params for m in self.members):
@@ -87,6 +110,12 @@ class EnsembleSpec(JobSpec):
 
     def members(self) -> list[JobSpec]:
         return [member_spec(self, m.detector, m.params) for m in self.params.members]
+
+    def model_refs(self) -> list[str]:
+        return list(self.params.models)
+
+    def with_models(self, ids: list[str]) -> EnsembleSpec:
+        return self.model_copy(update={"params": self.params.model_copy(update={"models": ids})})
 
     def data_problem(self, rows: int, features: int) -> str | None:
         for i, member in enumerate(self.members()):
@@ -145,7 +174,9 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
             "raise validation_split or give more rows",
         )
     calibration_rows = rows.raw[parts.calibration]
-    members, files, devices = [], {}, set()
+    members: list[dict[str, Any]] = []
+    files: dict[str, Path] = {}
+    devices: set[str] = set()
     started = time.perf_counter()
     for i, member in enumerate(spec.members()):
         name = p.members[i].detector
@@ -157,6 +188,23 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
         own = {key: path for key, path in trained.model.files.items() if key != drift.REFERENCE}
         files |= {f"m{i}_{key}": path for key, path in own.items()}
         members[-1]["servable"] = trained.servable  # dropped before the meta is stored
+    for i, registered in enumerate(context.models, start=len(members)):
+        if tuple(registered.meta["input_shape"]) != tuple(rows.feature_shape):
+            raise JobFailed(
+                "invalid_data",
+                f"model {registered.name} takes rows of shape {registered.meta['input_shape']}; "
+                f"the data set's rows are {list(rows.feature_shape)}",
+            )
+        load = get_kind(registered.kind).load
+        assert load is not None  # it serves score: checked at submit
+        servable = load(registered.files, registered.meta)
+        scores = np.asarray(servable.run("score", calibration_rows)["scores"], np.float64)
+        standard = em.Standardiser.fit(scores, p.standardise)
+        meta = em.member_meta(registered.kind, registered.kind, registered.meta, standard)
+        members.append({**meta, "model": registered.id, "model_name": registered.name})
+        own = {k: path for k, path in registered.files.items() if k != drift.REFERENCE}
+        files |= {f"m{i}_{key}": path for key, path in own.items()}
+        members[-1]["servable"] = servable
     combined = em.Combination(members, p.combine)
     normal = combined.score(calibration_rows)
     score = f"{p.combine} of {p.standardise} member scores"
@@ -178,7 +226,7 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
     # The ensemble's rows are raw (each member scales its own): so is its reference sample.
     drift.keep_reference(model, rows.raw[parts.fit], p.seed, context.workdir / "model")
     result = {
-        "members": [m["detector"] for m in members],
+        "members": [m.get("model_name", m["detector"]) for m in members],
         "seconds": time.perf_counter() - started,
         "threshold": cut,
         **{k: v for k, v in evaluation.items() if k in ("roc_auc", "pr_auc")},

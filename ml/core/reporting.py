@@ -51,6 +51,19 @@ class RunContext:
     workdir: Path
     checkpoint_dir: Path
     dataset: Dataset | None = None
+    models: list[RegisteredModel] = field(default_factory=list)  # the spec's `model_refs`
+
+
+@dataclass
+class RegisteredModel:
+    """A registered model a job reads: its files, downloaded, and what its servable is loaded
+    with (input shape, preprocessing, calibration, capabilities)."""
+
+    id: str
+    kind: str
+    name: str
+    files: dict[str, Path]
+    meta: dict[str, Any]
 
 
 @dataclass

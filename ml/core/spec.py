@@ -117,6 +117,20 @@ class JobSpec(StrictModel):
         Pure arithmetic: the service asks at submit time and refuses a job over the limits."""
         return None
 
+    MODELS_FIELD: ClassVar[str] = "params.models"  # where `model_refs` come from
+    MODELS_SERVE: ClassVar[str] = "score"  # what each of them must serve
+
+    def model_refs(self) -> list[str]:
+        """Registered models the job reads (ids, names or name@version). The service resolves
+        them for the caller at submit (422 when one is not theirs or cannot serve the job) and
+        stores the spec with them pinned to ids (`with_models`); the worker hands the models'
+        files to the run (`RunContext.models`)."""
+        return []
+
+    def with_models(self, ids: list[str]) -> JobSpec:
+        """This spec with `model_refs` replaced, in order, by the ids they resolved to."""
+        return self
+
     @property
     def queue(self) -> str:
         return "gpu" if self.resources.gpu else "cpu"

@@ -312,3 +312,20 @@ def test_every_object_says_whose_it_is(world: World) -> None:
             assert client.get(path, headers=admin.headers).json()["tenant"] == tenant.name
         model = client.get(f"/v1/models/{tenant.model}", headers=tenant.headers).json()
         assert model["tenant"] == tenant.name
+
+
+def test_a_job_cannot_read_another_tenants_model(world: World) -> None:
+    """An ensemble over registered models resolves them for the submitting key: B's model, by
+    id or by name, is as unknown to A as a model that does not exist."""
+    a, b = world.a, world.b
+    for ref in (b.model, "only-b", "only-b@1"):
+        spec = {
+            "kind": "ensemble",
+            "dataset": "builtin:breast_cancer",
+            "params": {"models": [ref], "members": [{"detector": "ecod"}]},
+        }
+        answer = world.client.post("/v1/jobs", json=spec, headers=a.headers)
+        assert answer.status_code == 422, answer.text
+        detail = answer.json()["error"]["details"][0]
+        assert (detail["field"], detail["type"]) == ("body.params.models.0", "unknown_model")
+        assert carries(answer.text, b) <= {ref}, answer.text  # only what A sent
