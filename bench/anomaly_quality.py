@@ -13,6 +13,12 @@ more than 0.01 below the best detector.
 
     python bench/anomaly_quality.py [--quick] [--epochs 30] [--detectors a b ...]
         [--ensemble a b ...] [--combinations zscore-mean rank-max ...]
+        [--autoencoder-params JSON] [--vae-params JSON] [--training JSON]
+
+`--autoencoder-params`, `--vae-params` and `--training` try settings other than the kinds'
+defaults: the `autoencoder` / `vae` detectors then run as their own kinds (not inside the
+comparison, whose members take their kind's defaults) with those params and `training` fields
+added to the comparison's epochs, seed and validation split, on the same splits.
 
 Also measured: `ensemble` jobs of `--ensemble` members (default: the classical detectors and
 `pca`), for each `--combinations` pair (default z-score and rank, both averaged), on the same
@@ -23,6 +29,7 @@ ensembles on one split of each data set, in well under a minute.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -72,6 +79,34 @@ def compare(data: Dataset, params: dict[str, Any]) -> dict[str, float]:
         context.checkpoint_dir.mkdir()
         outcome = kind.run(spec, MemoryReporter(), context)
     return {r["detector"]: float(r["roc_auc"]) for r in outcome.result["detectors"]}
+
+
+def deep_kind(
+    data: Dataset, kind_name: str, params: dict[str, Any], own: dict[str, Any], training: dict
+) -> float:
+    """ROC-AUC of the `autoencoder` or `vae` kind with its `own` params and `training` fields on
+    the split of `params` (the comparison's: same seed, validation and evaluation rows)."""
+    kind = get_kind(kind_name)
+    shared = {k: v for k, v in params.items() if k not in ("detectors", "epochs", "seed")}
+    body = {
+        "kind": kind.name,
+        "dataset": f"builtin:{data.name}",
+        "params": {**own, **shared},
+        "training": {
+            "epochs": params["epochs"],
+            "seed": params.get("seed", 0),
+            "validation_split": 0.1,
+            **training,
+        },
+    }
+    spec = kind.spec.model_validate(body)
+    with tempfile.TemporaryDirectory() as tmp:
+        context = RunContext(Path(tmp) / "w", Path(tmp) / "c", data)
+        context.workdir.mkdir()
+        context.checkpoint_dir.mkdir()
+        outcome = kind.run(spec, MemoryReporter(), context)
+    assert outcome.model is not None
+    return float(outcome.model.evaluation["roc_auc"])
 
 
 def ensemble(data: Dataset, params: dict[str, Any], members: list[str], how: str) -> float:
@@ -140,21 +175,36 @@ def main() -> None:
         default=["zscore-mean", "rank-mean"],
         help="standardise-combine pairs of the ensembles (zscore|rank)-(mean|max)",
     )
+    parser.add_argument("--autoencoder-params", type=json.loads, default=None, metavar="JSON")
+    parser.add_argument("--vae-params", type=json.loads, default=None, metavar="JSON")
+    parser.add_argument(
+        "--training", type=json.loads, default=None, metavar="JSON", help="autoencoder and vae"
+    )
+    parser.add_argument(
+        "--report", default="anomaly_quality", help="bench/results/<REPORT>.json is written"
+    )
     args = parser.parse_args()
     detectors = args.detectors or (QUICK if args.quick else ALL)
+    own = {"autoencoder": args.autoencoder_params, "vae": args.vae_params}
+    variants = any(v is not None for v in (*own.values(), args.training))
+    apart = [d for d in detectors if d in own and variants]
+    together = [d for d in detectors if d not in apart]
     members = QUICK if args.ensemble is None else args.ensemble
     datasets = {name: load_builtin(name) for name in ("breast_cancer", "digits", "wine")}
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
     for name, split, params in splits(args.quick):
-        params = {**params, "detectors": detectors, "epochs": args.epochs}
-        aucs = compare(datasets[name], params)
+        params = {**params, "detectors": together, "epochs": args.epochs}
+        aucs = compare(datasets[name], params) if together else {}
+        for d in apart:
+            aucs[d] = deep_kind(datasets[name], d, params, own[d] or {}, args.training or {})
         if len(members) >= 2:
             for how in args.combinations:
                 aucs[f"ensemble {how}"] = ensemble(datasets[name], params, members, how)
         runs.append({"data": name, "split": split, "roc_auc": aucs})
         best = max(aucs, key=aucs.__getitem__)
-        print(f"{name:13s} {split:10s} best {best} {aucs[best]:.4f}", flush=True)
+        shown = " ".join(f"{d} {v:.4f}" for d, v in aucs.items())
+        print(f"{name:13s} {split:10s} best {best} {aucs[best]:.4f}; {shown}", flush=True)
     rows = summarise(runs, list(runs[0]["roc_auc"]))
     columns = ["detector", "mean_roc_auc", "mean_rank", "worst", "behind_best", *datasets]
     shown = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
@@ -181,11 +231,14 @@ def main() -> None:
         "quick": args.quick,
         "epochs": args.epochs,
         "ensemble_members": members,
+        "autoencoder_params": args.autoencoder_params,
+        "vae_params": args.vae_params,
+        "training": args.training,
         "seconds": time.perf_counter() - started,
         "splits": runs,
         "summary": rows,
     }
-    print(f"wrote {write_report('anomaly_quality', report)}")
+    print(f"wrote {write_report(args.report, report)}")
 
 
 if __name__ == "__main__":

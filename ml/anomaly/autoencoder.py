@@ -16,10 +16,11 @@ from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_fiel
 from ml.core.training_config import TrainingConfig
 
 if TYPE_CHECKING:
-    from ml.anomaly.autoencoding import AutoencoderObjective
+    from ml.anomaly.autoencoding import AutoencoderEnsemble, AutoencoderObjective
 
 Activation = Literal["relu", "elu", "gelu", "selu", "tanh", "leaky_relu", "sigmoid"]
 Labels = int | list[int] | None
+MAX_ENSEMBLE = 16
 
 
 class AnomalyThreshold(StrictModel):
@@ -63,6 +64,13 @@ class AutoencoderParams(AnomalyThreshold):
         "mse", description="Mean over features; cross-entropy needs inputs in [0, 1] (minmax)."
     )
     output_activation: Literal["auto", "linear", "sigmoid"] = "auto"
+    ensemble_size: int = Field(
+        1,
+        ge=1,
+        le=MAX_ENSEMBLE,
+        description="Networks trained side by side from initial weights of their own; a row's "
+        "reconstruction is the mean of theirs.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AutoencoderParams:
@@ -89,26 +97,33 @@ class AutoencoderParams(AnomalyThreshold):
 
     def size_estimate(self, rows: int, row_shape: tuple[int, ...], batch_size: int) -> SizeEstimate:
         """Weights and peak training memory on `rows` rows of `row_shape` (no TensorFlow)."""
-        estimate = SizeEstimate()
+        network, estimate = SizeEstimate(), SizeEstimate()
         widths = autoencoder_parameters(
-            estimate,
+            network,
             row_shape,
             hidden=self.hidden,
             latent_dim=self.latent_dim,
             architecture=self.architecture,
             latent_heads=self.latent_heads,
         )
+        for name, count in network.parameters.items():
+            estimate.add_parameters(name, count)
+            if self.ensemble_size > 1:
+                estimate.add_parameters("params.ensemble_size", (self.ensemble_size - 1) * count)
         self.add_own_parameters(estimate, row_shape)
         features = math.prod(row_shape)
+        widths *= self.ensemble_size
         return trained(estimate, rows=rows, features=features, batch_size=batch_size, widths=widths)
 
     def add_own_parameters(self, estimate: SizeEstimate, row_shape: tuple[int, ...]) -> None:
         """Weights outside the networks: none."""
 
-    def objective(self, input_shape: tuple[int, ...]) -> AutoencoderObjective:
+    def objective(self, input_shape: tuple[int, ...]) -> AutoencoderObjective | AutoencoderEnsemble:
         """The training objective these params describe, for rows of `input_shape`."""
-        from ml.anomaly.autoencoding import AutoencoderObjective
+        from ml.anomaly.autoencoding import AutoencoderEnsemble, AutoencoderObjective
 
+        if self.ensemble_size > 1:
+            return AutoencoderEnsemble(self, input_shape)
         return AutoencoderObjective(self, input_shape)
 
 

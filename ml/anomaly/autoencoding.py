@@ -122,8 +122,12 @@ class AutoencoderObjective(_Coder):
             return tf.reduce_mean(bernoulli_nll(x, out), axis=feature_axes(x)), {}
         return tf.reduce_mean(tf.square(x - out), axis=feature_axes(x)), {}
 
+    def output(self, x: tf.Tensor) -> tf.Tensor:
+        """The decoder's output for `x` (logits with cross-entropy)."""
+        return self._forward(x, None)
+
     def reconstruct(self, x: tf.Tensor) -> tf.Tensor:
-        out = self._forward(x, None)
+        out = self.output(x)
         return tf.sigmoid(out) if self.bce else out
 
     def extra_metrics(self, scaler: Scaler) -> ExtraMetrics | None:
@@ -133,16 +137,77 @@ class AutoencoderObjective(_Coder):
     def scorer(self, normal: np.ndarray) -> tuple[ScoreFn, dict[str, np.ndarray]]:
         """The anomaly score, and the arrays serving needs to repeat it: the residual variance
         on the `normal` rows the model trained on."""
-        variance = residual_variance(self, normal)
-
-        def score(x: tf.Tensor) -> tf.Tensor:
-            return standardized_error(x, self.reconstruct(x), variance)
-
-        return score, {"residual_variance": variance}
+        return reconstruction_scorer(self.reconstruct, normal)
 
     def models(self) -> dict[str, keras.Model]:
         encoder = as_model(Stack([*self.trunk.layers, self.head]), self.input_shape, "encoder")
         decoder = as_model(self.decoder, (self.params.latent_dim,), "decoder")
+        return {"encoder": encoder, "decoder": decoder}
+
+
+class AutoencoderEnsemble:
+    """`params.ensemble_size` autoencoders of the params' layers trained side by side on the
+    same batches, each from initial weights of its own (drawn one after another from the job's
+    seed, the first as a lone network's). The training loss is the sum of theirs, so each
+    network trains as it would alone, weight decay included; a row's reconstruction is the mean
+    of theirs, and the anomaly score that mean's standardised error (a seed ensemble: on small
+    training sets one network's score varies with its initial weights)."""
+
+    energy_units = "sum over the networks of the mean over features"
+    score_name = AutoencoderObjective.score_name
+
+    def __init__(self, params: Any, input_shape: tuple[int, ...]) -> None:
+        self.params = params
+        self.input_shape = input_shape
+        self.networks = [
+            AutoencoderObjective(params, input_shape) for _ in range(params.ensemble_size)
+        ]
+        self.bce = self.networks[0].bce
+        self.output_sigmoid = self.networks[0].output_sigmoid
+        self.saved_variables: dict[str, tf.Variable] = {}
+
+    @property
+    def trainable_variables(self) -> list[tf.Variable]:
+        return [v for network in self.networks for v in network.trainable_variables]
+
+    def per_example_loss(
+        self, x: tf.Tensor, seed: tf.Tensor, training: bool
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        # Noise and dropout seeds of each network's own (a lone network uses seed and seed + 1).
+        losses = [
+            network.per_example_loss(x, seed + 2 * i, training)[0]
+            for i, network in enumerate(self.networks)
+        ]
+        return tf.add_n(losses), {}
+
+    def reconstruct(self, x: tf.Tensor) -> tf.Tensor:
+        # With cross-entropy the networks emit logits: their mean goes through the sigmoid, as
+        # serving does with the saved decoder's output.
+        out = tf.add_n([n.output(x) for n in self.networks]) / len(self.networks)
+        return tf.sigmoid(out) if self.bce else out
+
+    def extra_metrics(self, scaler: Scaler) -> ExtraMetrics | None:
+        """Telemetry beyond the trainer's own: none."""
+        return None
+
+    def scorer(self, normal: np.ndarray) -> tuple[ScoreFn, dict[str, np.ndarray]]:
+        """As a lone network's, on the mean reconstruction."""
+        return reconstruction_scorer(self.reconstruct, normal)
+
+    def models(self) -> dict[str, keras.Model]:
+        """An encoder to the networks' latents side by side, and a decoder from them to the
+        mean of the networks' outputs: plain Keras models (each network's as a sub-model),
+        served as a lone network's."""
+        latent, parts = self.params.latent_dim, [n.models() for n in self.networks]
+        for i, part in enumerate(parts):
+            for model in part.values():
+                model.name = f"{model.name}_{i}"
+        rows = keras.Input(shape=self.input_shape, name="encoder_input")
+        codes = [part["encoder"](rows) for part in parts]
+        encoder = keras.Model(rows, keras.layers.Concatenate()(codes), name="encoder")
+        z = keras.Input(shape=(latent * len(parts),), name="decoder_input")
+        outs = [p["decoder"](z[:, i * latent : (i + 1) * latent]) for i, p in enumerate(parts)]
+        decoder = keras.Model(z, keras.layers.Average()(outs), name="decoder")
         return {"encoder": encoder, "decoder": decoder}
 
 
@@ -264,10 +329,23 @@ def batched(fn: Any, x: np.ndarray, size: int = 2048) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0,))
 
 
-def residual_variance(objective: AutoencoderObjective, x: np.ndarray) -> np.ndarray:
+def residual_variance(reconstruct: ScoreFn, x: np.ndarray) -> np.ndarray:
     """Per-feature variance of the reconstruction residual on held-out normal rows."""
-    residual = x - batched(objective.reconstruct, x)
+    residual = x - batched(reconstruct, x)
     return np.maximum(residual.var(axis=0), VARIANCE_FLOOR).astype(np.float32)
+
+
+def reconstruction_scorer(
+    reconstruct: ScoreFn, normal: np.ndarray
+) -> tuple[ScoreFn, dict[str, np.ndarray]]:
+    """The standardised reconstruction error, and the residual variance on the `normal` rows
+    that serving needs to repeat it."""
+    variance = residual_variance(reconstruct, normal)
+
+    def score(x: tf.Tensor) -> tf.Tensor:
+        return standardized_error(x, reconstruct(x), variance)
+
+    return score, {"residual_variance": variance}
 
 
 def standardized_error(x: tf.Tensor, reconstruction: tf.Tensor, variance: tf.Tensor) -> tf.Tensor:

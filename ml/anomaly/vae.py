@@ -23,6 +23,7 @@ class VaeParams(AutoencoderParams):
     likelihood: Literal["gaussian", "bernoulli"] = Field(
         "gaussian", description="Decoder likelihood; bernoulli needs inputs in [0, 1] (minmax)."
     )
+    ensemble_size: int = Field(1, ge=1, le=1, description="One network (no seed ensemble).")
 
     @property
     def unit_interval_inputs(self) -> bool:

@@ -70,6 +70,8 @@ CASES: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
     ("autoencoder", {"hidden": []}, TABLE),
     ("autoencoder", {"hidden": [64, 16], "architecture": "conv"}, IMAGE),
     ("autoencoder", {"hidden": [7], "latent_dim": 3}, SMALL_IMAGE),
+    ("autoencoder", {"ensemble_size": 3}, TABLE),
+    ("autoencoder", {"ensemble_size": 2, "architecture": "conv"}, SMALL_IMAGE),
     ("vae", {"likelihood": "gaussian", "architecture": "auto"}, IMAGE),
     ("vae", {"hidden": [50, 20, 10]}, TABLE),
     ("gan", {"architecture": "auto"}, SMALL_IMAGE),

@@ -7,9 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from ml.anomaly.autoencoder import AutoencoderParams
+from ml.anomaly.autoencoder import MAX_ENSEMBLE, AutoencoderParams
+from ml.anomaly.scoring import prepare
 from ml.core.datasets import Dataset, load_builtin
+from ml.core.preprocessing import Scaler
 from ml.core.registry import get_kind
 from ml.core.reporting import JobFailed, MemoryReporter, RunContext, RunOutcome
 from ml.core.serving import UnsupportedOperation
@@ -164,18 +167,27 @@ def test_divergence_fails_with_the_step(tmp_path: Path, cancer: Dataset) -> None
     assert "at step" in info.value.message
 
 
+@pytest.mark.parametrize("networks", [1, 2])
 def test_resumes_from_the_last_checkpoint_without_duplicate_steps(
-    tmp_path: Path, cancer: Dataset
+    networks: int, tmp_path: Path, cancer: Dataset
 ) -> None:
     config = {**FAST, "deterministic": True}
-    whole, _whole_points = train("autoencoder", {"training": config}, tmp_path / "whole", cancer)
+    params = {"ensemble_size": networks}
+    whole, _whole_points = train(
+        "autoencoder", {"params": params, "training": config}, tmp_path / "whole", cancer
+    )
     # An attempt that stopped after two epochs left its checkpoint behind ...
     _first, first_points = train(
-        "autoencoder", {"training": {**config, "epochs": 2}}, tmp_path / "part", cancer
+        "autoencoder",
+        {"params": params, "training": {**config, "epochs": 2}},
+        tmp_path / "part",
+        cancer,
     )
     assert (tmp_path / "part" / "ckpt" / "trainer.json").exists()
     # ... and the next attempt, with the full spec, starts from it.
-    resumed, points = train("autoencoder", {"training": config}, tmp_path / "part", cancer)
+    resumed, points = train(
+        "autoencoder", {"params": params, "training": config}, tmp_path / "part", cancer
+    )
     assert resumed.result["resumed"] is True
     steps, _ = points.series("loss")
     first_steps, _ = first_points.series("loss")
@@ -238,3 +250,38 @@ def test_early_stopping_stops_when_val_loss_stalls(tmp_path: Path, cancer: Datas
     outcome, _ = train("autoencoder", spec, tmp_path, cancer)
     assert outcome.result["stopped_early"] is True
     assert outcome.result["epochs"] == 3  # the first epoch sets the best; two more without gain
+
+
+def test_an_ensemble_serves_the_score_it_was_calibrated_with(
+    tmp_path: Path, cancer: Dataset
+) -> None:
+    spec = {"params": {"ensemble_size": 3, "latent_dim": 2}, "training": FAST}
+    outcome, _ = train("autoencoder", spec, tmp_path, cancer)
+    model = outcome.model
+    assert model is not None
+    servable = serve("autoencoder", outcome)
+    # The threshold is the 0.95 quantile of the held-out normal rows' scores: served, they give
+    # it again, so serving scores with the networks' mean reconstruction as training did.
+    k = get_kind("autoencoder")
+    full = k.spec.model_validate({"kind": "autoencoder", "dataset": "builtin:x", **spec})
+    held_out = prepare(full, context(tmp_path / "again", cancer)).validation
+    assert len(held_out) == model.calibration["calibration_rows"]
+    raw = Scaler.from_dict(model.preprocessing).inverse_transform(held_out)
+    scores = servable.run("score", raw)["scores"]
+    assert np.quantile(scores, 0.95) == pytest.approx(model.calibration["threshold"], rel=1e-4)
+    # Three networks, each from initial weights of its own: their latents side by side differ.
+    latents = servable.run("encode", cancer.x[:7])["latents"]
+    assert latents.shape == (7, 3 * 2)
+    assert not np.allclose(latents[:, 0:2], latents[:, 2:4])
+    assert not np.allclose(latents[:, 2:4], latents[:, 4:6])
+    assert servable.run("reconstruct", cancer.x[:7])["reconstructions"].shape == (7, 30)
+
+
+@pytest.mark.parametrize(
+    ("kind", "size"),
+    [("autoencoder", 0), ("autoencoder", MAX_ENSEMBLE + 1), ("autoencoder", 2.5), ("vae", 2)],
+)
+def test_ensemble_size_out_of_bounds_is_refused(kind: str, size: Any) -> None:
+    body = {"kind": kind, "dataset": "builtin:breast_cancer", "params": {"ensemble_size": size}}
+    with pytest.raises(ValidationError, match="ensemble_size"):
+        get_kind(kind).spec.model_validate(body)
