@@ -102,6 +102,19 @@ def default_names(available: Sequence[str]) -> list[str]:
     return names or list(available)
 
 
+def shown(series: Series, names: Sequence[str] | None = None) -> list[str]:
+    """The metrics a plot draws: `names` as asked, or by default every metric with at least one
+    defined point (one undefined for the job so far, every point null, would be an empty
+    panel; the job page lists it apart with the reason)."""
+    if names:
+        return [n for n in names if n in series]
+
+    def defined(name: str) -> bool:
+        return any(v is not None and not math.isnan(float(v)) for v in series[name]["values"])
+
+    return [n for n in default_names(sorted(series)) if defined(n)]
+
+
 def _thin(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
     """At most MAX_POINTS_PER_LINE points, keeping each stride's extremes (spikes stay seen)."""
     n = len(xs)
@@ -144,8 +157,7 @@ def render(
 
     spec = spec or {}
     layout = layout_of(kind, category)
-    wanted = list(names) if names else default_names(sorted(series))
-    panels = panels_for([n for n in wanted if n in series])
+    panels = panels_for(shown(series, names))
     times: dict[int, float] = {}
     if time_series:
         times = {

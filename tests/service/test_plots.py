@@ -133,3 +133,21 @@ def test_thinning_keeps_the_extremes() -> None:
     tx, ty = plots._thin(xs, ys)
     assert len(tx) <= plots.MAX_POINTS_PER_LINE + 2
     assert max(ty) == 99.0 and tx == sorted(tx)
+
+
+def test_a_metric_without_a_defined_point_gets_no_empty_panel() -> None:
+    steps = list(range(0, 200, 10))
+    defined = {"internal_energy": {"steps": steps, "values": [1.0 / (1 + s) for s in steps]}}
+    series = {
+        **defined,
+        "fdr_ratio": {"steps": steps, "values": [None] * len(steps)},
+        "heat": {"steps": steps, "values": [float("nan")] * len(steps)},
+        "lr": {"steps": steps, "values": [None] * (len(steps) - 1) + [1e-3]},
+    }
+    assert plots.shown(series) == ["internal_energy", "lr"]
+    assert plots.shown(series, ["fdr_ratio", "nonesuch"]) == ["fdr_ratio"]  # asked for: drawn
+    both = {**defined, "lr": series["lr"]}
+    same = plots.render(series, kind="vae", category="model")
+    assert np.array_equal(image(same), image(plots.render(both, kind="vae", category="model")))
+    asked = plots.render(series, kind="vae", category="model", names=["internal_energy", "heat"])
+    assert image(asked).shape != image(same).shape or not np.array_equal(image(asked), image(same))
