@@ -153,3 +153,27 @@ def test_a_model_that_cannot_be_registered_leaves_nothing(
     assert store(settings).list() == []
     with runtime.sessions()() as session:
         assert session.scalars(select(Model)).all() == []
+
+
+def test_the_models_a_job_reads_are_downloaded_checked_or_fail_it(
+    settings: Settings, tmp_path: Any
+) -> None:
+    from ml.core.reporting import JobFailed
+
+    job_id = make_job("builtin:moons", name="moons-tiny")
+    assert execute(job_id, worker="w") == "succeeded"
+    model = read_model(read_job(job_id).model_id or "")
+    assert model is not None
+    [loaded] = artifacts.load_models(runtime.sessions(), store(settings), [model.id], tmp_path)
+    assert (loaded.id, loaded.kind, loaded.name) == (model.id, "tiny", "moons-tiny@1")
+    assert set(loaded.files) == set(model.files)
+    for name, path in loaded.files.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == model.files[name]["sha256"]
+    assert loaded.meta["input_shape"] == [2] and loaded.meta["capabilities"] == ["encode"]
+    gone = "0b7e2d64-8a55-4a49-9c8f-3f2d8c1e9a10"
+    with pytest.raises(JobFailed, match=f"model {gone} was deleted"):
+        artifacts.load_models(runtime.sessions(), store(settings), [model.id, gone], tmp_path / "b")
+    store(settings).put_bytes(b"not the model", model.files["model"]["key"])
+    with pytest.raises(JobFailed, match="moons-tiny@1") as failed:
+        artifacts.load_models(runtime.sessions(), store(settings), [model.id], tmp_path / "c")
+    assert failed.value.code == "invalid_data"
