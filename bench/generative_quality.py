@@ -1,14 +1,25 @@
 """Sample quality of thermoml's `gan` objectives beside the `diffusion` kind.
 
-Every GAN variant trains for the same number of epochs (`--epochs`, the same passes over the
-data: the same discriminator batches) on `swiss_roll` (2-D), `eight_gaussians` (an 8-Gaussian
-ring, 2-D) and `digits` (8x8 images), over several seeds; the diffusion kind trains with its own
-defaults. Printed: the energy distance to held-out real rows over its floor (a second held-out
-real sample against the first), the Fréchet distance over its floor for digits, and on the ring
-the modes covered (of 8) and the share of samples within 3σ of a mode. Then the swiss_roll
-diffusion model of the first seed samples with DDPM and DDIM at 1000, 100 and 20 steps.
+Every GAN variant trains with the gan kind's default training section (or `--epochs`, the same
+for all: the same passes over the data, the same discriminator batches) on `swiss_roll` (2-D),
+`eight_gaussians` (an 8-Gaussian ring, 2-D) and `digits` (8x8 images), over several seeds; the
+diffusion kind trains with its own defaults (`--learning-rate` sets every gan variant's Adam
+rate). Printed: the energy distance to held-out real rows over its floor (below); a steadier
+ratio, 4000 samples against both held-out halves over 4000 training rows against them; the
+Fréchet distance over its floor for digits; and on the ring the modes covered (of 8) and the share
+of samples within 3σ of a mode. Then the swiss_roll diffusion model of the
+first seed samples with DDPM and DDIM at 1000, 100 and 20 steps.
 
-    python bench/generative_quality.py [--epochs 20] [--seeds 3] [--variants ...] [--quick]
+The energy distance's floor is what a perfect generator would score against held-out half A.
+The model's own evaluation records one draw of it (held-out half B against half A), which varies
+by a factor of 2-4 between seeds; the bench's floor (`energy/floor`, and the targets) is instead
+the mean over five disjoint training subsets of half B's size against the same half A: it shares
+half A with the model's distance and averages out the second sample's noise. The ratio to the
+evaluation's single draw is printed beside it (`energy/single floor`). The Fréchet distance's
+floor is the evaluation's single draw (its feature classifier was trained on the training rows).
+
+    python bench/generative_quality.py [--epochs N] [--learning-rate R] [--seeds 3]
+        [--datasets ...] [--variants ...] [--quick]
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 DATASETS = ("swiss_roll", "eight_gaussians", "digits")
 RING_RADIUS, RING_STD = 4.0 / math.sqrt(2.0), 0.5 / math.sqrt(2.0)  # ml.core.datasets' ring
+LARGE_SAMPLE = 4000
 SAMPLING = [("ddpm", 1000), ("ddim", 1000), ("ddpm", 100), ("ddim", 100), ("ddpm", 20)]
 
 
@@ -73,15 +85,20 @@ def servable(kind: str, outcome: RunOutcome) -> Any:
     return get_kind(kind).load(model.files, meta)  # type: ignore[misc]
 
 
-def floors(data: Dataset, seed: int, parts: int = 5) -> dict[str, float]:
-    """The evaluation's energy-distance floor (held-out half B against half A: one draw, which
-    varies by a factor of 2-4 between seeds) and a steadier one: the mean over `parts` disjoint
-    random training subsets of half B's size against half A."""
+def prepared(data: Dataset, seed: int) -> generative.GenerativeData:
+    """The split and preprocessing a job with this seed sees."""
     spec = get_kind("gan").spec.model_validate(
         {"kind": "gan", "dataset": "x", "training": {"seed": seed}}
     )
     with tempfile.TemporaryDirectory() as tmp:
-        d = generative.prepare(spec, RunContext(Path(tmp), Path(tmp), data), 0.2)
+        return generative.prepare(spec, RunContext(Path(tmp), Path(tmp), data), 0.2)
+
+
+def floors(data: Dataset, seed: int, parts: int = 5) -> dict[str, float]:
+    """The evaluation's energy-distance floor (held-out half B against half A: one draw, which
+    varies by a factor of 2-4 between seeds) and a steadier one: the mean over `parts` disjoint
+    random training subsets of half B's size against half A."""
+    d = prepared(data, seed)
     a, b = d.held_out_a, d.held_out_b
     rows = d.train_raw[np.random.default_rng([seed, 9]).permutation(len(d.train_raw))]
     offset, scale = sq.standardizer(d.train_raw)
@@ -93,6 +110,23 @@ def floors(data: Dataset, seed: int, parts: int = 5) -> dict[str, float]:
     subsets = [rows[i * n : (i + 1) * n] for i in range(min(parts, len(rows) // n))]
     mean = statistics.mean(sq.energy_distance(std(t), std(a)) for t in subsets)
     return {"energy": sq.energy_distance(std(b), std(a)), "energy_mean": mean}
+
+
+def large_sample_ratio(kind: str, outcome: RunOutcome, data: Dataset, seed: int) -> float:
+    """Energy distance of LARGE_SAMPLE samples (or as many as there are training rows) to both
+    held-out halves, over that of as many training rows to the same rows: steadier than the
+    evaluation's ratio (larger samples on both sides), on its own scale (a smaller floor)."""
+    d = prepared(data, seed)
+    held = np.concatenate([d.held_out_a, d.held_out_b])
+    rows = d.train_raw[np.random.default_rng(5).permutation(len(d.train_raw))[:LARGE_SAMPLE]]
+    model = servable(kind, outcome)
+    samples = np.asarray(model.run("generate", None, n=len(rows), seed=seed + 100)["samples"])
+    offset, scale = sq.standardizer(d.train_raw)
+
+    def std(x: np.ndarray) -> np.ndarray:
+        return (x.reshape(len(x), -1) - offset) / scale
+
+    return sq.energy_distance(std(samples), std(held)) / sq.energy_distance(std(rows), std(held))
 
 
 def mode_coverage(samples: np.ndarray) -> tuple[int, float]:
@@ -107,23 +141,22 @@ def mode_coverage(samples: np.ndarray) -> tuple[int, float]:
 
 
 def run_one(
-    variant: str, data: Dataset, seed: int, epochs: int | None, folder: Path
+    variant: str, data: Dataset, seed: int, overrides: dict[str, Any], folder: Path
 ) -> tuple[dict[str, Any], RunOutcome]:
     kind, params = VARIANTS[variant]
-    training: dict[str, Any] = {"seed": seed}
-    if epochs is not None:
-        training["epochs"] = epochs
-    outcome = train(kind, data, params, training, folder)
+    outcome = train(kind, data, params, {**overrides, "seed": seed}, folder)
     assert outcome.model is not None
     ev = outcome.model.evaluation
+    steady = floors(data, seed)
     row = {
-        "energy": ev["energy_distance"] / ev["energy_distance_floor"],
+        "energy": ev["energy_distance"] / steady["energy_mean"],
+        "energy_single": ev["energy_distance"] / ev["energy_distance_floor"],
         "seconds": outcome.result["train_seconds"],
+        "epochs": outcome.result["epochs"],
+        "energy_large": large_sample_ratio(kind, outcome, data, seed),
     }
     if "frechet_distance" in ev:
         row["frechet"] = ev["frechet_distance"] / ev["frechet_distance_floor"]
-    steady = floors(data, seed)
-    row["energy_steady"] = row["energy"] * steady["energy"] / steady["energy_mean"]
     if data.name.startswith("eight_gaussians"):
         samples = servable(kind, outcome).run("generate", None, n=2000, seed=seed)["samples"]
         row["modes"], row["in_modes"] = mode_coverage(np.asarray(samples))
@@ -136,10 +169,12 @@ def summarise(name: str, variant: str, runs: list[dict[str, Any]]) -> dict[str, 
         return f"{statistics.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
     row = {"data": name, "variant": variant, "seeds": len(runs), "energy/floor": spread("energy")}
-    row["energy/mean floor"] = spread("energy_steady")
+    row["energy/single floor"] = spread("energy_single")
+    row[f"energy/floor, {LARGE_SAMPLE} samples"] = spread("energy_large")
     row["frechet/floor"] = spread("frechet") if "frechet" in runs[0] else ""
     row["modes"] = f"{min(r['modes'] for r in runs)}/8" if "modes" in runs[0] else ""
     row["in_modes"] = spread("in_modes") if "in_modes" in runs[0] else ""
+    row["epochs"] = f"{statistics.mean(r['epochs'] for r in runs):.0f}"
     row["train_s"] = f"{statistics.mean(r['seconds'] for r in runs):.0f}"
     return row
 
@@ -169,16 +204,21 @@ def sampler_comparison(
 
 
 def verdicts(report: dict[str, Any]) -> list[str]:
-    """The default GAN against its targets: ≤ 3x the floor on swiss_roll and digits (energy and
-    Fréchet distance), all 8 modes of the ring covered, in every seed."""
+    """The default GAN against its targets: the mean over the seeds ≤ 3x the floor on swiss_roll
+    (energy distance over the bench's mean floor) and digits (Fréchet distance), all 8 modes of
+    the ring covered in every seed. The worst seed is printed beside the mean."""
     out = []
     checks = [("swiss_roll", "energy", 3.0), ("digits", "frechet", 3.0)]
     for name, key, target in checks:
         runs = report.get(name, {}).get("gan default")
         if runs:
+            mean = statistics.mean(r[key] for r in runs)
             worst = max(r[key] for r in runs)
-            verdict = "meets" if worst <= target else "MISSES"
-            out.append(f"{name}: default gan {key}/floor at most {worst:.2f}: {verdict} {target}x")
+            verdict = "meets" if mean <= target else "MISSES"
+            out.append(
+                f"{name}: default gan {key}/floor {mean:.2f} over the seeds "
+                f"(worst {worst:.2f}): {verdict} {target}x"
+            )
     runs = report.get("eight_gaussians", {}).get("gan default")
     if runs:
         fewest = min(r["modes"] for r in runs)
@@ -198,7 +238,12 @@ def data_for(name: str, quick: bool) -> Dataset:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=20, help="every gan variant's epochs")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="every gan variant's epochs (default: the kind's)"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="every gan variant's Adam rate"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -208,7 +253,10 @@ def main() -> None:
     seeds = 1 if args.quick else args.seeds
     variants = ["gan default", "diffusion"] if args.quick else args.variants.split(",")
     epochs = 1 if args.quick else args.epochs
-    report: dict[str, Any] = {"epochs": epochs, "seeds": seeds, "quick": args.quick}
+    overrides: dict[str, Any] = {} if epochs is None else {"epochs": epochs}
+    if args.learning_rate is not None:
+        overrides["optimizer"] = {"learning_rate": args.learning_rate}
+    report: dict[str, Any] = {"training": overrides, "seeds": seeds, "quick": args.quick}
     rows: list[dict[str, Any]] = []
     first_diffusion: RunOutcome | None = None
     with tempfile.TemporaryDirectory() as keep:
@@ -221,16 +269,14 @@ def main() -> None:
                 for seed in range(seeds):
                     folder = Path(keep) / f"{name}-{variant}-{seed}".replace(" ", "_")
                     own = VARIANTS[variant][0] == "diffusion" and not args.quick
-                    run, outcome = run_one(variant, data, seed, None if own else epochs, folder)
+                    run, outcome = run_one(variant, data, seed, {} if own else overrides, folder)
                     runs.append(run)
                     if (name, variant, seed) == ("swiss_roll", "diffusion", 0):
                         first_diffusion = outcome
                 report.setdefault(name, {})[variant] = runs
                 rows.append(summarise(name, variant, runs))
                 print(table(rows[-1:], list(rows[-1])), flush=True)
-        columns = ["data", "variant", "seeds", "energy/floor", "energy/mean floor"]
-        columns += ["frechet/floor", "modes"]
-        print(table(rows, [*columns, "in_modes", "train_s"]))
+        print(table(rows, list(rows[0])))
         report["table"] = rows
         report["targets"] = verdicts(report)
         for line in report["targets"]:

@@ -1,6 +1,6 @@
-"""Kind `gan`: a generative adversarial network (Goodfellow et al. 2014). By default the seed
-article's dense generator (256-512-1024, LeakyReLU 0.2, batch norm, latent 100, tanh output)
-and discriminator (512-256); a small DCGAN for image rows."""
+"""Kind `gan`: a generative adversarial network (Goodfellow et al. 2014). By default dense
+256-256 players with the non-saturating loss, R1, an averaged generator and the best epoch kept
+(`preset: "seed"`: the seed article's networks and training); a small DCGAN for image rows."""
 
 from __future__ import annotations
 
@@ -42,8 +42,12 @@ DEFAULT_PRESET: dict[str, Any] = {
     "batch_norm": False,
     "batch_norm_momentum": 0.8,
 }
-# The default preset's Adam rate (its betas are the objective's, OBJECTIVE_DEFAULTS).
-DEFAULT_LEARNING_RATE = 2e-4
+# The default preset's Adam rate (its betas are the objective's, OBJECTIVE_DEFAULTS) and epochs:
+# with 2e-4 and 20 the swiss roll's energy distance ended at 3x its floor and still falling; with
+# 1e-3 and 40, at 1.5-1.8x (measured: docs/generative.md, "Training defaults").
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_EPOCHS = 40
+SHARED_EPOCHS: int = TrainingConfig.model_fields["epochs"].default
 PRESETS = {"default": DEFAULT_PRESET, "seed": SEED_PRESET}
 
 
@@ -165,11 +169,11 @@ class GanParams(StrictModel):
 
 
 def preset_training(training: dict[str, Any], params: dict[str, Any] | None = None) -> dict:
-    """`training` with the preset's batch size, Adam rate and betas where it leaves them out:
-    the default preset's rate and the objective's betas, or the seed's shared defaults."""
+    """`training` with the preset's epochs, batch size, Adam rate and betas where it leaves them
+    out: the default preset's rate and the objective's betas, or the seed's shared defaults."""
     params = params or {}
     if params.get("preset") == "seed":  # the shared defaults, as the gan kind had them
-        return {"batch_size": AUTO_BATCH, **training}
+        return {"batch_size": AUTO_BATCH, "epochs": SHARED_EPOCHS, **training}
     optimizer = training.get("optimizer") or {}
     if not isinstance(optimizer, dict):
         return training
@@ -186,7 +190,9 @@ def preset_training(training: dict[str, Any], params: dict[str, Any] | None = No
 
 
 class GanTraining(TrainingConfig):
-    # Small batches: more generator updates an epoch, which small data sets need (measured).
+    # Small batches and more epochs than other kinds: more generator updates, which small
+    # low-dimensional data sets need (measured).
+    epochs: int = Field(DEFAULT_EPOCHS, ge=1, le=100_000)
     batch_size: int = Field(32, ge=2, le=65_536)
 
 

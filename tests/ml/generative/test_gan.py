@@ -13,7 +13,7 @@ import pytest
 
 from ml.core.datasets import Dataset
 from ml.core.reporting import MemoryReporter, RunOutcome
-from ml.generative.gan import GanParams
+from ml.generative.gan import DEFAULT_LEARNING_RATE, GanParams
 from tests.ml.anomaly.test_autoencoder import serve, train
 from tests.ml.generative.test_diffusion import subset
 
@@ -145,7 +145,7 @@ def test_wgan_gp_with_r1_logs_its_wasserstein_estimate(tmp_path: Path, swiss: Da
     assert all(v >= 0 for v in reporter.series("d_gradient_penalty")[1])
     assert outcome.result["iterations"] == 2 * (13 // 5)  # d_steps 5 by default for wgan_gp
     assert reporter.series("d_lr")[1][0] == pytest.approx(4e-4)
-    assert reporter.series("g_lr")[1][0] == pytest.approx(2e-4)
+    assert reporter.series("g_lr")[1][0] == pytest.approx(DEFAULT_LEARNING_RATE)
 
 
 def test_a_dcgan_on_digit_images(tmp_path: Path) -> None:

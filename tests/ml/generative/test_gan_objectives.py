@@ -148,7 +148,7 @@ def test_the_seed_preset_is_the_articles_gan() -> None:
     )
     opt = spec.training.optimizer  # Keras's Adam, as the article compiles it
     assert (opt.learning_rate, opt.beta_1, opt.beta_2) == (1e-3, None, None)
-    assert spec.training.batch_size == 64
+    assert (spec.training.batch_size, spec.training.epochs) == (64, 20)
     players = Players(params, (784,), tanh=True)
     layers = [
         (type(layer).__name__, getattr(layer, "units", None)) for layer in players.generator.layers
@@ -193,7 +193,8 @@ def test_the_default_preset_and_objective_defaults() -> None:
     spec = _spec({})
     opt = spec.training.optimizer
     assert (opt.learning_rate, opt.beta_1, opt.beta_2) == (DEFAULT_LEARNING_RATE, 0.5, 0.999)
-    assert spec.training.batch_size == 32
+    assert (spec.training.batch_size, spec.training.epochs) == (32, 40)
+    assert _spec({}, {"epochs": 3}).training.epochs == 3
     assert (spec.params.loss, spec.params.r1, spec.params.ema) == ("non_saturating", 1.0, 0.999)
     assert not spec.params.spectral and spec.params.discriminator_steps == 1
     hinge = _spec({"loss": "hinge"})
