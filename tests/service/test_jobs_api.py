@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -216,3 +217,12 @@ def test_healthz_and_readyz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["checks"] == {"database": "ok", "broker": "ok"}
+
+
+@pytest.mark.parametrize("size", [0, 17, 10**12, 2.5, "many", None, [2]])
+def test_an_ensemble_size_out_of_bounds_is_a_422_naming_it(client: TestClient, size: Any) -> None:
+    spec = {"kind": "autoencoder", "dataset": "builtin:wine", "params": {"ensemble_size": size}}
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 422
+    fields = {d["field"] for d in response.json()["error"]["details"]}
+    assert fields == {"body.params.ensemble_size"}
