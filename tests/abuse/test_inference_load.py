@@ -124,12 +124,13 @@ def test_beyond_the_queue_answers_503_at_once(settings: Settings, slowpoke: None
     served = [seconds for a, seconds in answers if a.status_code == 200]
     refused = [(a, seconds) for a, seconds in answers if a.status_code != 200]
     assert len(served) == 3 and len(refused) == 7
-    for answer, seconds in refused:
+    for answer, _ in refused:
         assert_error(answer, 503, "unavailable")
         assert int(answer.headers["Retry-After"]) >= 1
-        # Refused before any work: far less than one request's 2.4 s, however loaded the CPU.
-        assert seconds < 1.0, seconds
     assert max(served) > 3 * 600 * SECONDS_PER_ROW  # they did wait their turn
+    # Refused at once, not after waiting their turn: every refusal came back while the served
+    # requests' work still ran (a clock bound here would measure the machine's load instead).
+    assert max(seconds for _, seconds in refused) < max(served) - 600 * SECONDS_PER_ROW
 
 
 def test_one_key_beyond_its_share_gets_429(settings: Settings, slowpoke: None) -> None:
@@ -372,7 +373,7 @@ def test_a_deadline_timer_that_fires_early_still_answers_503(
     deadline all the same: 503, never a 500."""
     from service import serving
 
-    entered = serving._admitted
+    entered = serving.admitted
 
     @contextlib.asynccontextmanager
     async def clock_behind(gate: Gate, ticket: Any, disconnected: Any) -> Any:
@@ -380,7 +381,7 @@ def test_a_deadline_timer_that_fires_early_still_answers_503(
             ticket.deadline += 30  # as if time.monotonic() lagged the timer by 30 s
             yield
 
-    monkeypatch.setattr(serving, "_admitted", clock_behind)
+    monkeypatch.setattr(serving, "admitted", clock_behind)
     client, _ = serve(settings, inference_timeout=0.5)
     with client:
         answer = client.post("/v1/models/slow/generate", json={"n": 5000})
