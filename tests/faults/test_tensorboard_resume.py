@@ -20,20 +20,21 @@ from workers.event_codec import read_events
 from workers.tensorboard import tag_of
 
 # Epochs of ~225 steps (~1 s here), long enough for the reporter to flush points mid-epoch
-# (every 0.5 s), not only with the epoch-end checkpoint.
+# (every 0.5 s), not only with the epoch-end checkpoint; 20 of them, so that a loaded machine
+# still sees the job mid-epoch before it ends.
 SPEC = {
     "kind": "autoencoder",
     "name": "tb resume",
     "dataset": "builtin:digits",
     "params": {"latent_dim": 4, "hidden": [256, 256], "architecture": "dense"},
-    "training": {"epochs": 5, "batch_size": 8, "seed": 0, "telemetry": {"every_steps": 5}},
+    "training": {"epochs": 20, "batch_size": 8, "seed": 0, "telemetry": {"every_steps": 5}},
 }
 # The step of the last epoch end (its checkpoint) and the last measuring point's step.
 POSITION = (
     "SELECT (SELECT progress->>'step' FROM jobs WHERE id = %s), "
     "(SELECT max(step) FROM metric_points WHERE job_id = %s AND name = 'internal_energy')"
 )
-pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(480)]
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_a_resumed_job_has_each_point_once_in_tensorboard(stack: Stack) -> None:
             row = conn.execute(POSITION, (victim, victim)).fetchone()
             return row is not None and row[1] is not None and row[1] > int(row[0])
 
-        wait_until(past_the_checkpoint, 60, "a point past the checkpoint", every=0.01)
+        wait_until(past_the_checkpoint, 120, "a point past the checkpoint", every=0.01)
         time.sleep(0.05)  # the file is written right after the commit; an epoch takes ~1 s
         os.kill(job_process, signal.SIGKILL)
         position = conn.execute(POSITION, (victim, victim)).fetchone()
@@ -73,7 +74,7 @@ def test_a_resumed_job_has_each_point_once_in_tensorboard(stack: Stack) -> None:
     checkpoint_step = int(position[0])
     wait_until(lambda: job_row(stack, victim)["attempts"] >= 2, 60, "the job to run again")
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
-        (job,) = wait_terminal(client, [victim], timeout=150).values()
+        (job,) = wait_terminal(client, [victim], timeout=300).values()
         series = history(client, victim)
     assert job["status"] == "succeeded" and job["attempts"] == 2, job
 
