@@ -14,11 +14,14 @@ more than 0.01 below the best detector.
     python bench/anomaly_quality.py [--quick] [--epochs 30] [--detectors a b ...]
         [--ensemble a b ...] [--combinations zscore-mean rank-max ...]
         [--autoencoder-params JSON] [--vae-params JSON] [--training JSON]
+        [--weights-seed-offset N]
 
 `--autoencoder-params`, `--vae-params` and `--training` try settings other than the kinds'
 defaults: the `autoencoder` / `vae` detectors then run as their own kinds (not inside the
 comparison, whose members take their kind's defaults) with those params and `training` fields
 added to the comparison's epochs, seed and validation split, on the same splits.
+`--weights-seed-offset N` draws the deep detectors' initial weights from the split's seed + N
+(the kinds' `training.seed` sets the split, the batches' order and the initial weights alike).
 
 Also measured: `ensemble` jobs of `--ensemble` members (default: the classical detectors and
 `pca`), for each `--combinations` pair (default z-score and rank, both averaged), on the same
@@ -109,6 +112,22 @@ def deep_kind(
     return float(outcome.model.evaluation["roc_auc"])
 
 
+def reseed_weights(offset: int) -> None:
+    """Draw the initial weights of the networks trained from here on from `training.seed` +
+    `offset`: Keras is reseeded after the kinds seed it, the split and batches unchanged."""
+    import keras
+
+    from ml.core import training
+
+    seeded = training.configure_determinism
+
+    def reseeded(config: Any) -> None:
+        seeded(config)
+        keras.utils.set_random_seed(config.seed + offset)
+
+    training.configure_determinism = reseeded  # type: ignore[assignment]
+
+
 def ensemble(data: Dataset, params: dict[str, Any], members: list[str], how: str) -> float:
     """ROC-AUC of an `ensemble` job of `members` on the same split (`how`: standardise-combine)."""
     kind = get_kind("ensemble")
@@ -180,6 +199,7 @@ def main() -> None:
     parser.add_argument(
         "--training", type=json.loads, default=None, metavar="JSON", help="autoencoder and vae"
     )
+    parser.add_argument("--weights-seed-offset", type=int, default=0, metavar="N")
     parser.add_argument(
         "--report", default="anomaly_quality", help="bench/results/<REPORT>.json is written"
     )
@@ -190,6 +210,8 @@ def main() -> None:
     apart = [d for d in detectors if d in own and variants]
     together = [d for d in detectors if d not in apart]
     members = QUICK if args.ensemble is None else args.ensemble
+    if args.weights_seed_offset:
+        reseed_weights(args.weights_seed_offset)
     datasets = {name: load_builtin(name) for name in ("breast_cancer", "digits", "wine")}
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -203,8 +225,8 @@ def main() -> None:
                 aucs[f"ensemble {how}"] = ensemble(datasets[name], params, members, how)
         runs.append({"data": name, "split": split, "roc_auc": aucs})
         best = max(aucs, key=aucs.__getitem__)
-        shown = " ".join(f"{d} {v:.4f}" for d, v in aucs.items())
-        print(f"{name:13s} {split:10s} best {best} {aucs[best]:.4f}; {shown}", flush=True)
+        each = " ".join(f"{d} {v:.4f}" for d, v in aucs.items())
+        print(f"{name:13s} {split:10s} best {best} {aucs[best]:.4f}; {each}", flush=True)
     rows = summarise(runs, list(runs[0]["roc_auc"]))
     columns = ["detector", "mean_roc_auc", "mean_rank", "worst", "behind_best", *datasets]
     shown = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
@@ -234,6 +256,7 @@ def main() -> None:
         "autoencoder_params": args.autoencoder_params,
         "vae_params": args.vae_params,
         "training": args.training,
+        "weights_seed_offset": args.weights_seed_offset,
         "seconds": time.perf_counter() - started,
         "splits": runs,
         "summary": rows,
