@@ -19,15 +19,19 @@ from tests.faults.test_worker_kill import _parent, wait_for_checkpoint
 from workers.event_codec import read_events
 from workers.tensorboard import tag_of
 
-# Epochs of ~225 steps (~1 s here), long enough for the reporter to flush points mid-epoch
-# (every 0.5 s), not only with the epoch-end checkpoint; 20 of them, so that a loaded machine
-# still sees the job mid-epoch before it ends.
+# Epochs of ~400 steps measured at every step (over 1 s even on a quiet machine), so that the
+# reporter flushes points mid-epoch (every 0.5 s), not only with the epoch-end checkpoint.
 SPEC = {
     "kind": "autoencoder",
     "name": "tb resume",
     "dataset": "builtin:digits",
     "params": {"latent_dim": 4, "hidden": [256, 256], "architecture": "dense"},
-    "training": {"epochs": 20, "batch_size": 8, "seed": 0, "telemetry": {"every_steps": 5}},
+    "training": {
+        "epochs": 10,
+        "batch_size": 4,
+        "seed": 0,
+        "telemetry": {"every_steps": 1, "microbatches": 2},
+    },
 }
 # The step of the last epoch end (its checkpoint) and the last measuring point's step.
 POSITION = (
