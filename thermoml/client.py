@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 
 from thermoml.http import Transport
@@ -208,28 +209,26 @@ class Models:
         """Have `rows` drifted from the model's training rows? `drift`, `p_value`, `statistic`
         (kernel MMD, permutation test) and `features` (per-feature Kolmogorov–Smirnov);
         `permutations`, `alpha`, `seed` as the route documents them."""
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(rows, dtype=np.float32), allow_pickle=False)
-        response = self.client.transport.request(
-            "POST",
-            f"/v1/models/{ref}/drift",
-            content=buffer.getvalue(),
-            params=options,
-            headers={"Content-Type": NPY, "Accept": "application/json"},
-        )
+        response = self._post_rows("drift", ref, rows, "application/json", options)
         answer: dict[str, Any] = response.json()
         return answer
 
     def _rows(self, operation: str, ref: str, rows: Any) -> dict[str, Any]:
+        return _arrays(self._post_rows(operation, ref, rows, NPZ).content)
+
+    def _post_rows(
+        self, operation: str, ref: str, rows: Any, accept: str, params: Any = None
+    ) -> httpx.Response:
+        """The answer to `rows` sent as `.npy` to the model's `operation`."""
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(rows, dtype=np.float32), allow_pickle=False)
-        response = self.client.transport.request(
+        return self.client.transport.request(
             "POST",
             f"/v1/models/{ref}/{operation}",
             content=buffer.getvalue(),
-            headers={"Content-Type": NPY, "Accept": NPZ},
+            params=params,
+            headers={"Content-Type": NPY, "Accept": accept},
         )
-        return _arrays(response.content)
 
 
 def _arrays(content: bytes) -> dict[str, Any]:
