@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,21 @@ def test_errors_are_the_servers_message_not_a_traceback(
     assert code == 1 and err.startswith(f"error: cannot reach thermoml at {closed}")
 
 
+def mock_server(
+    monkeypatch: pytest.MonkeyPatch, answer: Callable[[httpx.Request], httpx.Response]
+) -> None:
+    """The CLI's `Api` talks to `answer` instead of a server at THERMOML_SERVER."""
+    real_api = client_cli.Api
+    monkeypatch.setattr(
+        client_cli,
+        "Api",
+        lambda server, key, **kw: real_api(
+            server, key, http=httpx.Client(base_url=server, transport=httpx.MockTransport(answer))
+        ),
+    )
+    monkeypatch.setenv("THERMOML_SERVER", "http://127.0.0.1:9")
+
+
 def test_score_sends_batches_with_the_key_and_prints_csv(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,15 +219,7 @@ def test_score_sends_batches_with_the_key_and_prints_csv(
             200, json={"scores": scores, "threshold": 5.0, "is_anomaly": [s > 5 for s in scores]}
         )
 
-    real_api = client_cli.Api
-    monkeypatch.setattr(
-        client_cli,
-        "Api",
-        lambda server, key, **kw: real_api(
-            server, key, http=httpx.Client(base_url=server, transport=httpx.MockTransport(answer))
-        ),
-    )
-    monkeypatch.setenv("THERMOML_SERVER", "http://127.0.0.1:9")
+    mock_server(monkeypatch, answer)
     monkeypatch.setenv("THERMOML_API_KEY", "tml_secret")
     data = tmp_path / "rows.csv"
     data.write_text("a,b,label\n1,2,0\n3,4,1\n0.5,0.5,0\n")
@@ -317,15 +324,7 @@ def test_drift_sends_the_rows_and_options_and_prints_the_verdict(
             },
         )
 
-    real_api = client_cli.Api
-    monkeypatch.setattr(
-        client_cli,
-        "Api",
-        lambda server, key, **kw: real_api(
-            server, key, http=httpx.Client(base_url=server, transport=httpx.MockTransport(answer))
-        ),
-    )
-    monkeypatch.setenv("THERMOML_SERVER", "http://127.0.0.1:9")
+    mock_server(monkeypatch, answer)
     data = tmp_path / "rows.csv"
     data.write_text("a,b,label\n1,2,0\n3,4,1\n")
     args = ["drift", "m", str(data), "--label-column", "label", "--permutations", "200"]
