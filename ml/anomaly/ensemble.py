@@ -177,18 +177,28 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
     members: list[dict[str, Any]] = []
     files: dict[str, Path] = {}
     devices: set[str] = set()
+
+    def join(
+        kind: str, name: str, meta: dict[str, Any], servable: Any, own: dict[str, Path]
+    ) -> dict[str, Any]:
+        """A member standardised on the held-out rows; its files (but its drift sample) kept."""
+        scores = np.asarray(servable.run("score", calibration_rows)["scores"], np.float64)
+        standard = em.Standardiser.fit(scores, p.standardise)
+        member = em.member_meta(kind, name, meta, standard)
+        members.append(member)
+        prefix = f"m{len(members) - 1}_"
+        files.update({prefix + k: path for k, path in own.items() if k != drift.REFERENCE})
+        member["servable"] = servable  # dropped before the meta is stored
+        return member
+
     started = time.perf_counter()
     for i, member in enumerate(spec.members()):
         name = p.members[i].detector
         sub = MemberReporter(reporter, i, len(p.members), name)
         trained = train_member(member, sub, context.workdir / "members" / f"m{i}", context)
         devices.add(trained.device)
-        standard = em.Standardiser.fit(trained.score(calibration_rows), p.standardise)
-        members.append(em.member_meta(member.kind, name, trained.meta, standard))
-        own = {key: path for key, path in trained.model.files.items() if key != drift.REFERENCE}
-        files |= {f"m{i}_{key}": path for key, path in own.items()}
-        members[-1]["servable"] = trained.servable  # dropped before the meta is stored
-    for i, registered in enumerate(context.models, start=len(members)):
+        join(member.kind, name, trained.meta, trained.servable, trained.model.files)
+    for registered in context.models:
         if tuple(registered.meta["input_shape"]) != tuple(rows.feature_shape):
             raise JobFailed(
                 "invalid_data",
@@ -198,13 +208,8 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
         load = get_kind(registered.kind).load
         assert load is not None  # it serves score: checked at submit
         servable = load(registered.files, registered.meta)
-        scores = np.asarray(servable.run("score", calibration_rows)["scores"], np.float64)
-        standard = em.Standardiser.fit(scores, p.standardise)
-        meta = em.member_meta(registered.kind, registered.kind, registered.meta, standard)
-        members.append({**meta, "model": registered.id, "model_name": registered.name})
-        own = {k: path for k, path in registered.files.items() if k != drift.REFERENCE}
-        files |= {f"m{i}_{key}": path for key, path in own.items()}
-        members[-1]["servable"] = servable
+        joined = join(registered.kind, registered.kind, registered.meta, servable, registered.files)
+        joined |= {"model": registered.id, "model_name": registered.name}
     combined = em.Combination(members, p.combine)
     normal = combined.score(calibration_rows)
     score = f"{p.combine} of {p.standardise} member scores"
