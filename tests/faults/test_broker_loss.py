@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -34,16 +32,6 @@ STEPS = list(range(101))  # duration / dt = 100 steps, each recorded, and step 0
 SERIES = {"time", "temperature", "entropy_total", "entropy_production", "heat"}
 QUEUED_BEFORE = 8
 SUBMITTED_DURING_OUTAGE = 3
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(tmp_path)
-    try:
-        yield stack.start(worker=False)
-    finally:
-        stack.dump_logs()
-        stack.close()
 
 
 def queued_messages(stack: Stack) -> int:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -39,16 +37,6 @@ POSITION = (
     "(SELECT max(step) FROM metric_points WHERE job_id = %s AND name = 'internal_energy')"
 )
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(480)]
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(tmp_path)
-    try:
-        yield stack.start(worker=False)
-    finally:
-        stack.dump_logs()
-        stack.close()
 
 
 def test_a_resumed_job_has_each_point_once_in_tensorboard(stack: Stack) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +45,6 @@ def spec(name: str) -> dict[str, Any]:
             "telemetry": {"every_steps": 10},
         },
     }
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack(tmp_path)
-    try:
-        yield stack.start(worker=False)
-    finally:
-        stack.dump_logs()
-        stack.close()
 
 
 def wait_for_checkpoint(stack: Stack, job_id: str) -> dict[str, Any]:
