@@ -6,18 +6,15 @@ statistic, and `grad_noise_scale` turns into a bound; as the server renders them
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from service.config import Settings
 from service.db import metrics as metric_repo
 from service.telemetry_notes import BOUND_TITLE, NULL_REASONS, OTHER_REASON
-from tests.conftest import RecordingPublisher, free_port
+from tests.conftest import RecordingPublisher, served
 from tests.integration.test_dashboard_browser import DevTools, chromium  # noqa: F401
 from tests.service.test_dashboard_job import add_job, telemetry, trained
 from workers import runtime
@@ -29,23 +26,8 @@ def server(settings: Settings) -> Iterator[str]:
 
     app = create_app(settings.model_copy(update={"events_poll_interval": 0.05}), reconcile=False)
     app.state.publisher = RecordingPublisher(run_inline=False)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=free_port(),
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{config.port}"
-    uv.should_exit = True
-    thread.join(10)
+    with served(app) as url:
+        yield url
 
 
 def notes(chromium: DevTools) -> dict[str, Any]:  # noqa: F811

@@ -7,21 +7,19 @@ import io
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from service import client_cli
 from service.cli import main
 from service.config import Settings
 from service.db import models as model_repo
 from service.db.base import new_id, utcnow
-from tests.conftest import RecordingPublisher, free_port
+from tests.conftest import RecordingPublisher, free_port, served
 from tests.service.test_events import run_fake_worker
 from thermoml import http as client_http
 from thermoml.progress import JobProgress
@@ -46,20 +44,8 @@ def server(settings: Settings) -> Iterator[Server]:
 
     app = create_app(settings.model_copy(update={"events_poll_interval": 0.02}), reconcile=False)
     app.state.publisher = RecordingPublisher(run_inline=True)
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield Server(f"http://127.0.0.1:{port}", app)
-    uv.should_exit = True
-    thread.join(10)
+    with served(app) as url:
+        yield Server(url, app)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
