@@ -5,13 +5,14 @@ score with one calibrated threshold, served like any detector (`ml.anomaly.ensem
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field, StringConstraints, ValidationError, model_validator
 
-from ml.anomaly import drift
+from ml.anomaly import drift, selection
 from ml.anomaly.autoencoder import AnomalyThreshold
 from ml.anomaly.comparison import Detector as DetectorName
 from ml.anomaly.comparison import MemberReporter, member_spec, own_field, train_member
@@ -21,7 +22,7 @@ from ml.core.reporting import CPU, JobFailed, ModelOutcome, Reporter, RunContext
 from ml.core.sizing import SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.reduction import shared as reduction
-from ml.reduction.pca import split
+from ml.reduction.pca import Parts, split
 
 MIN_CALIBRATION_ROWS = 8
 MAX_MEMBERS = 8
@@ -61,6 +62,13 @@ class EnsembleParams(AnomalyThreshold):
         "rows; `rank`: the share of those scores below it.",
     )
     combine: Literal["mean", "max"] = Field("mean", description="Of the standardised scores.")
+    selection: Literal["auto", "labelled", "none"] = Field(
+        "auto",
+        description="`labelled`: serve the subset of the detectors whose combination best "
+        "ranks the data set's labelled anomalies outside the evaluation rows (which no member "
+        "fits) above the held-out normal rows; `none`: combine them all; `auto`: `labelled` "
+        f"when at least {selection.MIN_ANOMALIES} such anomalies exist, else `none`.",
+    )
     epochs: int = Field(30, ge=1, le=500, description="autoencoder, vae: training epochs.")
     seed: int = Field(0, ge=0, lt=2**31, description="Splits, and each member's seed.")
     validation_split: float = Field(
@@ -156,6 +164,94 @@ EnsembleSpec.example = {
 SERVES = frozenset({"score"})
 
 
+@dataclass
+class Joined:
+    """A member trained in the job or a registered model, loaded, before the ensemble keeps it:
+    its scores on the held-out normal rows standardise it (`standard`, `normal`)."""
+
+    kind: str
+    name: str
+    meta: dict[str, Any]
+    servable: Any
+    files: dict[str, Path]
+    extra: dict[str, Any] = field(default_factory=dict)
+    standard: Any = None  # an ensemble_model.Standardiser
+    normal: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.servable.run("score", rows)["scores"], np.float64)
+
+    def standardise(self, calibration_rows: np.ndarray, method: str) -> None:
+        from ml.anomaly.ensemble_model import Standardiser
+
+        scores = self.scores(calibration_rows)
+        self.standard = Standardiser.fit(scores, method)
+        self.normal = self.standard(scores)
+
+
+def choose_members(
+    joined: list[Joined], raw: np.ndarray, parts: Parts, p: EnsembleParams
+) -> selection.Choice:
+    """Which members serve: all of them, or (`selection`) the subset chosen on labelled rows."""
+    if p.selection == "none":
+        return selection.everyone(len(joined), "selection is none")
+    known = parts.known_anomalies
+    if len(known) < selection.MIN_ANOMALIES:
+        reason = (
+            f"{len(known)} labelled anomalies outside the evaluation rows, fewer than the "
+            f"{selection.MIN_ANOMALIES} a choice of members needs"
+        )
+        if p.selection == "labelled":
+            raise JobFailed(
+                "invalid_data",
+                f"selection labelled: {reason}; label more anomalies (anomaly_label / "
+                "normal_label) or use selection none",
+            )
+        return selection.everyone(len(joined), reason)
+    normal = np.stack([e.normal for e in joined], axis=1)
+    normal = normal[selection.sample(np.arange(len(normal)), p.seed)]
+    rows = raw[selection.sample(known, p.seed)]
+    anomalous = np.stack([e.standard(e.scores(rows)) for e in joined], axis=1)
+    return selection.choose(normal, anomalous, p.combine, [e.name for e in joined])
+
+
+def join_members(
+    spec: EnsembleSpec,
+    feature_shape: tuple[int, ...],
+    reporter: Reporter,
+    context: RunContext,
+    devices: set[str],
+) -> list[Joined]:
+    """The members trained in the job (their devices added to `devices`), then the registered
+    models, loaded."""
+    p = spec.params
+    joined: list[Joined] = []
+    for i, member in enumerate(spec.members()):
+        name = p.members[i].detector
+        sub = MemberReporter(reporter, i, len(p.members), name)
+        trained = train_member(member, sub, context.workdir / "members" / f"m{i}", context)
+        devices.add(trained.device)
+        joined.append(
+            Joined(member.kind, name, trained.meta, trained.servable, trained.model.files)
+        )
+    for registered in context.models:
+        if tuple(registered.meta["input_shape"]) != tuple(feature_shape):
+            raise JobFailed(
+                "invalid_data",
+                f"model {registered.name} takes rows of shape {registered.meta['input_shape']}; "
+                f"the data set's rows are {list(feature_shape)}",
+            )
+        load = get_kind(registered.kind).load
+        assert load is not None  # it serves score: checked at submit
+        servable = load(registered.files, registered.meta)
+        entry = Joined(
+            registered.kind, registered.kind, registered.meta, servable, registered.files
+        )
+        entry.extra = {"model": registered.id, "model_name": registered.name}
+        joined.append(entry)
+    return joined
+
+
 @register_kind(
     spec=EnsembleSpec,
     serves=SERVES,
@@ -174,42 +270,25 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
             "raise validation_split or give more rows",
         )
     calibration_rows = rows.raw[parts.calibration]
+    devices: set[str] = set()
+    started = time.perf_counter()
+    joined = join_members(spec, rows.feature_shape, reporter, context, devices)
+    for entry in joined:
+        entry.standardise(calibration_rows, p.standardise)
+    choice = choose_members(joined, rows.raw, parts, p)
     members: list[dict[str, Any]] = []
     files: dict[str, Path] = {}
-    devices: set[str] = set()
-
-    def join(
-        kind: str, name: str, meta: dict[str, Any], servable: Any, own: dict[str, Path]
-    ) -> dict[str, Any]:
-        """A member standardised on the held-out rows; its files (but its drift sample) kept."""
-        scores = np.asarray(servable.run("score", calibration_rows)["scores"], np.float64)
-        standard = em.Standardiser.fit(scores, p.standardise)
-        member = em.member_meta(kind, name, meta, standard)
-        members.append(member)
-        prefix = f"m{len(members) - 1}_"
-        files.update({prefix + k: path for k, path in own.items() if k != drift.REFERENCE})
-        member["servable"] = servable  # dropped before the meta is stored
-        return member
-
-    started = time.perf_counter()
-    for i, member in enumerate(spec.members()):
-        name = p.members[i].detector
-        sub = MemberReporter(reporter, i, len(p.members), name)
-        trained = train_member(member, sub, context.workdir / "members" / f"m{i}", context)
-        devices.add(trained.device)
-        join(member.kind, name, trained.meta, trained.servable, trained.model.files)
-    for registered in context.models:
-        if tuple(registered.meta["input_shape"]) != tuple(rows.feature_shape):
-            raise JobFailed(
-                "invalid_data",
-                f"model {registered.name} takes rows of shape {registered.meta['input_shape']}; "
-                f"the data set's rows are {list(rows.feature_shape)}",
-            )
-        load = get_kind(registered.kind).load
-        assert load is not None  # it serves score: checked at submit
-        servable = load(registered.files, registered.meta)
-        joined = join(registered.kind, registered.kind, registered.meta, servable, registered.files)
-        joined |= {"model": registered.id, "model_name": registered.name}
+    for entry in (joined[i] for i in choice.chosen):
+        prefix = f"m{len(members)}_"
+        # the member's files but its drift sample: the ensemble keeps its own
+        files.update({prefix + k: f for k, f in entry.files.items() if k != drift.REFERENCE})
+        members.append(
+            {
+                **em.member_meta(entry.kind, entry.name, entry.meta, entry.standard),
+                **entry.extra,
+                "servable": entry.servable,
+            }
+        )  # dropped before it is stored
     combined = em.Combination(members, p.combine)
     normal = combined.score(calibration_rows)
     score = f"{p.combine} of {p.standardise} member scores"
@@ -232,6 +311,7 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
     drift.keep_reference(model, rows.raw[parts.fit], p.seed, context.workdir / "model")
     result = {
         "members": [m.get("model_name", m["detector"]) for m in members],
+        "selection": choice.record,
         "seconds": time.perf_counter() - started,
         "threshold": cut,
         **{k: v for k, v in evaluation.items() if k in ("roc_auc", "pr_auc")},

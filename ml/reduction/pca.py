@@ -6,7 +6,7 @@ decomposition, the fitted model's maths and its serving are in `ml.reduction.pca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -230,6 +230,8 @@ class Parts:
     calibration: np.ndarray  # held-out normal rows: the score threshold
     evaluation: np.ndarray  # labelled rows held out for ROC-AUC
     truth: np.ndarray | None  # True = anomaly, for the evaluation rows
+    # labelled anomalies outside the evaluation rows: no member fits them (an ensemble's selection)
+    known_anomalies: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def split(rows: reduction.Rows, params: Any) -> Parts:
@@ -247,6 +249,7 @@ def split(rows: reduction.Rows, params: Any) -> Parts:
                 calibration=parts.validation[normal[parts.validation]],
                 evaluation=parts.evaluation,
                 truth=truth[parts.evaluation],
+                known_anomalies=np.setdiff1d(np.flatnonzero(truth), parts.evaluation),
             )
         parts = split_indices(rows.rows, params.validation_split, 0.0, params.seed)
     except ValueError as exc:

@@ -39,7 +39,7 @@ def test_combines_its_members_standardised_scores(
     standardise: str, combine: str, tmp_path: Path, cancer: Dataset
 ) -> None:
     shared = {"seed": 2, "contamination": 0.1}
-    spec = ensemble(CLASSICAL, standardise=standardise, combine=combine, **shared)
+    spec = ensemble(CLASSICAL, standardise=standardise, combine=combine, selection="none", **shared)
     outcome, reporter = train("ensemble", spec, tmp_path / "e", cancer)
     parts = split(reduction.load_rows(RunContext(Path("."), Path("."), cancer), "x"), _params())
     held_out, probe = cancer.x[parts.calibration], cancer.x[:50]
@@ -131,7 +131,12 @@ def test_through_the_api(client: TestClient) -> None:
     done = client.get(f"/v1/jobs/{job['id']}").json()
     assert done["status"] == "succeeded", done["error"]
     model = client.get(f"/v1/models/{done['model_id']}").json()
-    assert model["capabilities"] == ["score"] and len(model["calibration"]["members"]) == 3
+    # `selection` auto on a labelled data set: the members chosen on its labelled rows serve.
+    chosen = [c["member"] for c in done["result"]["selection"]["candidates"] if c["chosen"]]
+    assert done["result"]["selection"]["method"] == "labelled"
+    assert done["result"]["members"] == chosen
+    assert model["capabilities"] == ["score"]
+    assert [m["detector"] for m in model["calibration"]["members"]] == chosen
     rows = load_builtin("breast_cancer").x[:4].tolist()
     answer = client.post(f"/v1/models/{model['id']}/score", json={"inputs": rows})
     assert answer.status_code == 200, answer.text
@@ -158,7 +163,11 @@ def test_over_registered_models(client: TestClient) -> None:
     spec = {
         "kind": "ensemble",
         "dataset": "builtin:breast_cancer",
-        "params": {"models": ["cancer-pca", "cancer-forest@1"], "members": [{"detector": "ecod"}]},
+        "params": {
+            "models": ["cancer-pca", "cancer-forest@1"],
+            "members": [{"detector": "ecod"}],
+            "selection": "none",
+        },
     }
     job = submit(client, spec)
     done = client.get(f"/v1/jobs/{job['id']}").json()
