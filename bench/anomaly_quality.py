@@ -24,7 +24,8 @@ added to the comparison's epochs, seed and validation split, on the same splits.
 (the kinds' `training.seed` sets the split, the batches' order and the initial weights alike).
 
 Also measured: `ensemble` jobs of `--ensemble` members (default: the classical detectors and
-`pca`), for each `--combinations` pair (default z-score and rank, both averaged), on the same
+`pca`), for each `--combinations` entry (default: the z-scores averaged, over all members and
+over the members chosen on the split's labelled rows outside its evaluation rows), on the same
 splits. `--quick` (for `bench/run_all.py --quick`): the classical detectors, `pca` and their
 ensembles on one split of each data set, in well under a minute.
 """
@@ -48,14 +49,20 @@ import numpy as np
 from scipy.stats import rankdata
 
 from bench.common import table, write_report
-from ml.anomaly.comparison import CLASSICAL
+from ml.anomaly.comparison import CLASSICAL, MemberReporter, model_meta, train_member
+from ml.anomaly.selection import roc_aucs
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.registry import get_kind
 from ml.core.reporting import MemoryReporter, RunContext
+from ml.core.spec import JobSpec
+from ml.reduction import shared as reduction
+from ml.reduction.pca import split
 
 ALL = [*CLASSICAL, "pca", "autoencoder", "vae"]
 QUICK = [*CLASSICAL, "pca"]
 CLOSE = 0.01  # "never more than 0.01 below the best single method"
+BOOTSTRAP = 1000  # resamples of the held-out rows for a gap's standard error
+BEYOND = 1.645  # a gap beyond CLOSE by this many standard errors: one-sided 5%
 
 
 def splits(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -70,46 +77,110 @@ def splits(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
-def compare(data: Dataset, params: dict[str, Any]) -> dict[str, float]:
-    """ROC-AUC of each detector on one split (one `detector_comparison` job, in-process)."""
-    kind = get_kind("detector_comparison")
-    spec = kind.spec.model_validate(
-        {"kind": kind.name, "dataset": f"builtin:{data.name}", "params": params}
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        context = RunContext(Path(tmp) / "w", Path(tmp) / "c", data)
-        context.workdir.mkdir()
-        context.checkpoint_dir.mkdir()
-        outcome = kind.run(spec, MemoryReporter(), context)
-    return {r["detector"]: float(r["roc_auc"]) for r in outcome.result["detectors"]}
+class Split:
+    """One split's held-out labelled rows and every detector's scores on them (the rows the
+    kinds evaluate on: the same seed, validation and evaluation splits)."""
 
+    def __init__(self, data: Dataset, params: dict[str, Any]) -> None:
+        self.data, self.params = data, params
+        spec = get_kind("detector_comparison").spec.model_validate(
+            {"kind": "detector_comparison", "dataset": f"builtin:{data.name}", "params": params}
+        )
+        self.spec = spec
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = reduction.load_rows(self.context(Path(tmp)), "bench")
+        parts = split(rows, spec.params)
+        assert parts.truth is not None
+        self.rows, self.truth = rows.raw[parts.evaluation], parts.truth
+        self.scores: dict[str, np.ndarray] = {}
+        self.selection: dict[str, Any] = {}
 
-def deep_kind(
-    data: Dataset, kind_name: str, params: dict[str, Any], own: dict[str, Any], training: dict
-) -> float:
-    """ROC-AUC of the `autoencoder` or `vae` kind with its `own` params and `training` fields on
-    the split of `params` (the comparison's: same seed, validation and evaluation rows)."""
-    kind = get_kind(kind_name)
-    shared = {k: v for k, v in params.items() if k not in ("detectors", "epochs", "seed")}
-    body = {
-        "kind": kind.name,
-        "dataset": f"builtin:{data.name}",
-        "params": {**own, **shared},
-        "training": {
-            "epochs": params["epochs"],
-            "seed": params.get("seed", 0),
-            "validation_split": 0.1,
-            **training,
-        },
-    }
-    spec = kind.spec.model_validate(body)
-    with tempfile.TemporaryDirectory() as tmp:
-        context = RunContext(Path(tmp) / "w", Path(tmp) / "c", data)
-        context.workdir.mkdir()
-        context.checkpoint_dir.mkdir()
-        outcome = kind.run(spec, MemoryReporter(), context)
-    assert outcome.model is not None
-    return float(outcome.model.evaluation["roc_auc"])
+    def context(self, tmp: Path) -> RunContext:
+        context = RunContext(tmp / "w", tmp / "c", self.data)
+        context.workdir.mkdir(exist_ok=True)
+        context.checkpoint_dir.mkdir(exist_ok=True)
+        return context
+
+    def train(self, name: str, member: JobSpec) -> None:
+        """Train `member` as the `detector_comparison` kind trains it; score the held-out rows."""
+        with tempfile.TemporaryDirectory() as tmp:
+            context = self.context(Path(tmp))
+            reporter = MemberReporter(MemoryReporter(), 0, 1, name)
+            trained = train_member(member, reporter, context.workdir / "member", context)
+            self.scores[name] = trained.score(self.rows)
+
+    def compare(self, detectors: list[str]) -> None:
+        """Each detector of a `detector_comparison` with the split's params."""
+        for name, member in self.spec.members().items():
+            if name in detectors:
+                self.train(name, member)
+
+    def deep_kind(self, kind_name: str, own: dict[str, Any], training: dict) -> None:
+        """The `autoencoder` or `vae` kind with its `own` params and `training` fields."""
+        shared = {k: v for k, v in self.params.items() if k not in ("detectors", "epochs", "seed")}
+        body = {
+            "kind": kind_name,
+            "dataset": f"builtin:{self.data.name}",
+            "params": {**own, **shared},
+            "training": {
+                "epochs": self.params["epochs"],
+                "seed": self.params.get("seed", 0),
+                "validation_split": 0.1,
+                **training,
+            },
+        }
+        self.train(kind_name, get_kind(kind_name).spec.model_validate(body))
+
+    def ensemble(self, members: list[str], how: str) -> None:
+        """An `ensemble` job of `members` (`how`: standardise-combine[-selection], the
+        selection `none` unless named), served on the held-out rows."""
+        kind = get_kind("ensemble")
+        standardise, combine, selection = [*how.split("-"), "none"][:3]
+        body = {
+            **{k: v for k, v in self.params.items() if k != "detectors"},
+            "members": [{"detector": m} for m in members],
+            "standardise": standardise,
+            "combine": combine,
+            "selection": selection,
+        }
+        spec = kind.spec.model_validate(
+            {"kind": kind.name, "dataset": f"builtin:{self.data.name}", "params": body}
+        )
+        name = f"ensemble {how}"
+        with tempfile.TemporaryDirectory() as tmp:
+            outcome = kind.run(spec, MemoryReporter(), self.context(Path(tmp)))
+            assert outcome.model is not None and kind.load is not None
+            served = kind.load(outcome.model.files, model_meta(outcome.model))
+            self.scores[name] = np.asarray(served.run("score", self.rows)["scores"], np.float64)
+        self.selection[name] = outcome.result["selection"]
+
+    def aucs(self) -> dict[str, float]:
+        names = list(self.scores)
+        columns = np.stack([self.scores[n] for n in names], axis=1)
+        values = roc_aucs(columns[~self.truth], columns[self.truth])
+        return {n: float(v) for n, v in zip(names, values, strict=True)}
+
+    def gap(self, name: str, repeats: int = BOOTSTRAP) -> dict[str, float]:
+        """How far `name` is below the split's best single detector, with the standard error
+        of that difference: a paired bootstrap of the held-out rows (each class resampled)."""
+        aucs = self.aucs()
+        singles = [n for n in aucs if not n.startswith("ensemble")]
+        best = max(singles, key=aucs.__getitem__)
+        pair = np.stack([self.scores[best], self.scores[name]], axis=1)
+        normal, anomalous = pair[~self.truth], pair[self.truth]
+        rng = np.random.default_rng(0)
+        draws = np.array(
+            [
+                -np.diff(
+                    roc_aucs(
+                        normal[rng.integers(0, len(normal), len(normal))],
+                        anomalous[rng.integers(0, len(anomalous), len(anomalous))],
+                    )
+                )[0]
+                for _ in range(repeats)
+            ]
+        )
+        return {"best": best, "gap": aucs[best] - aucs[name], "se": float(draws.std(ddof=1))}
 
 
 def reseed_weights(offset: int) -> None:
@@ -126,27 +197,6 @@ def reseed_weights(offset: int) -> None:
         keras.utils.set_random_seed(config.seed + offset)
 
     training.configure_determinism = reseeded  # type: ignore[assignment]
-
-
-def ensemble(data: Dataset, params: dict[str, Any], members: list[str], how: str) -> float:
-    """ROC-AUC of an `ensemble` job of `members` on the same split (`how`: standardise-combine)."""
-    kind = get_kind("ensemble")
-    standardise, combine = how.split("-")
-    body = {
-        **{k: v for k, v in params.items() if k != "detectors"},
-        "members": [{"detector": m} for m in members],
-        "standardise": standardise,
-        "combine": combine,
-    }
-    spec = kind.spec.model_validate(
-        {"kind": kind.name, "dataset": f"builtin:{data.name}", "params": body}
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        context = RunContext(Path(tmp) / "w", Path(tmp) / "c", data)
-        context.workdir.mkdir()
-        context.checkpoint_dir.mkdir()
-        outcome = kind.run(spec, MemoryReporter(), context)
-    return float(outcome.result["roc_auc"])
 
 
 def best_single(run: dict[str, Any]) -> float:
@@ -171,6 +221,11 @@ def summarise(runs: list[dict[str, Any]], detectors: list[str]) -> list[dict[str
             "worst": min(aucs),
             "behind_best": len(behind),
         }
+        if d.startswith("ensemble"):  # of those, behind by more than CLOSE beyond its noise
+            row["beyond_noise"] = sum(
+                (r["gaps"][d]["gap"] - CLOSE) / max(r["gaps"][d]["se"], 1e-12) > BEYOND
+                for r in behind
+            )
         for name in dict.fromkeys(r["data"] for r in runs):
             row[name] = statistics.mean(r["roc_auc"][d] for r in runs if r["data"] == name)
         rows.append(row)
@@ -191,8 +246,10 @@ def main() -> None:
     parser.add_argument(
         "--combinations",
         nargs="*",
-        default=["zscore-mean", "rank-mean"],
-        help="standardise-combine pairs of the ensembles (zscore|rank)-(mean|max)",
+        default=["zscore-mean", "zscore-mean-labelled"],
+        help="the ensembles' standardise-combine[-selection]: (zscore|rank)-(mean|max), "
+        "optionally -labelled (members chosen on the labelled rows outside the evaluation "
+        "rows) or -none (all members, the default)",
     )
     parser.add_argument("--autoencoder-params", type=json.loads, default=None, metavar="JSON")
     parser.add_argument("--vae-params", type=json.loads, default=None, metavar="JSON")
@@ -215,20 +272,32 @@ def main() -> None:
     datasets = {name: load_builtin(name) for name in ("breast_cancer", "digits", "wine")}
     runs: list[dict[str, Any]] = []
     started = time.perf_counter()
-    for name, split, params in splits(args.quick):
+    for name, part, params in splits(args.quick):
         params = {**params, "detectors": together, "epochs": args.epochs}
-        aucs = compare(datasets[name], params) if together else {}
+        held = Split(datasets[name], params)
+        held.compare(together)
         for d in apart:
-            aucs[d] = deep_kind(datasets[name], d, params, own[d] or {}, args.training or {})
+            held.deep_kind(d, own[d] or {}, args.training or {})
         if len(members) >= 2:
             for how in args.combinations:
-                aucs[f"ensemble {how}"] = ensemble(datasets[name], params, members, how)
-        runs.append({"data": name, "split": split, "roc_auc": aucs})
+                held.ensemble(members, how)
+        aucs = held.aucs()
+        gaps = {n: held.gap(n) for n in aucs if n.startswith("ensemble")}
+        runs.append(
+            {
+                "data": name,
+                "split": part,
+                "roc_auc": aucs,
+                "gaps": gaps,
+                "selection": held.selection,
+            }
+        )
         best = max(aucs, key=aucs.__getitem__)
         each = " ".join(f"{d} {v:.4f}" for d, v in aucs.items())
-        print(f"{name:13s} {split:10s} best {best} {aucs[best]:.4f}; {each}", flush=True)
+        print(f"{name:13s} {part:10s} best {best} {aucs[best]:.4f}; {each}", flush=True)
     rows = summarise(runs, list(runs[0]["roc_auc"]))
-    columns = ["detector", "mean_roc_auc", "mean_rank", "worst", "behind_best", *datasets]
+    columns = ["detector", "mean_roc_auc", "mean_rank", "worst", "behind_best", "beyond_noise"]
+    columns += list(datasets)
     shown = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     print(table(shown, columns))
     by_name = {r["detector"]: r for r in rows}
@@ -247,8 +316,16 @@ def main() -> None:
             print(
                 f"{r['detector']} mean {r['mean_roc_auc']:.4f} {verdict} the best single "
                 f"({best['detector']}, {best['mean_roc_auc']:.4f}); more than {CLOSE} below the "
-                f"best single on {r['behind_best']} of {len(runs)} splits"
+                f"best single on {r['behind_best']} of {len(runs)} splits, by more than "
+                f"{BEYOND} standard errors beyond {CLOSE} on {r['beyond_noise']}"
             )
+    for run in runs:
+        for name, gap in run["gaps"].items():
+            if gap["gap"] > CLOSE:
+                print(
+                    f"  {name} on {run['data']} {run['split']}: {gap['gap']:.4f} below "
+                    f"{gap['best']} (paired bootstrap standard error {gap['se']:.4f})"
+                )
     report = {
         "quick": args.quick,
         "epochs": args.epochs,
