@@ -212,7 +212,8 @@ def choose_members(
     normal = normal[selection.sample(np.arange(len(normal)), p.seed)]
     rows = raw[selection.sample(known, p.seed)]
     anomalous = np.stack([e.standard(e.scores(rows)) for e in joined], axis=1)
-    return selection.choose(normal, anomalous, p.combine, [e.name for e in joined])
+    names = [e.extra.get("model_name", e.name) for e in joined]  # a registered model's own
+    return selection.choose(normal, anomalous, p.combine, names)
 
 
 def join_members(

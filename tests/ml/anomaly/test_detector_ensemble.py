@@ -187,6 +187,10 @@ def test_over_registered_models(client: TestClient) -> None:
     for column, member in zip(own, stored[1:], strict=True):
         standard = Standardiser.from_dict(member["standard"])
         assert np.all(np.isfinite(standard(column)))
+    # Chosen on the labelled rows, a registered model is named as in `members`.
+    chosen = submit(client, {**spec, "params": {**spec["params"], "selection": "labelled"}})
+    record = client.get(f"/v1/jobs/{chosen['id']}").json()["result"]["selection"]
+    assert [c["member"] for c in record["candidates"]] == done["result"]["members"]
     for i in ids:
         assert client.delete(f"/v1/models/{i}").status_code == 204
     after = client.post(f"/v1/models/{model['id']}/score", json={"inputs": rows}).json()
