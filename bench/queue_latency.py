@@ -42,6 +42,7 @@ REDIS = "redis://127.0.0.1:6379/8"
 # before `thermoml up` ran its own Redis server.
 FILE_BROKER_MEDIAN_MS = 29.0
 JOB_TIMEOUT = 60.0  # seconds; a job not ended by then means a stuck worker, not a slow one
+WARMUP_TIMEOUT = 180.0  # the first jobs also wait for the worker to start on a loaded machine
 
 
 def free_port() -> int:
@@ -167,10 +168,11 @@ def measure(base: str, database_url: str, jobs: int, warmup: int = 2) -> dict[st
         for i in range(jobs + warmup):
             t0 = dt.datetime.now(dt.UTC)
             job = client.post("/v1/jobs", json=SPEC).json()
-            deadline = time.monotonic() + JOB_TIMEOUT
+            timeout = WARMUP_TIMEOUT if i < warmup else JOB_TIMEOUT
+            deadline = time.monotonic() + timeout
             while job["status"] not in ("succeeded", "failed", "cancelled"):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"job not ended within {JOB_TIMEOUT:g} s: {job}")
+                    raise RuntimeError(f"job not ended within {timeout:g} s: {job}")
                 time.sleep(0.005)
                 job = client.get(f"/v1/jobs/{job['id']}").json()
             if job["status"] != "succeeded":
@@ -214,8 +216,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in names:
-            with TOPOLOGIES[name](work) as (base, database_url):
-                result = measure(base, database_url, jobs)
+            try:
+                with TOPOLOGIES[name](work) as (base, database_url):
+                    result = measure(base, database_url, jobs)
+            except RuntimeError:
+                for log in sorted(work.glob("*.log")):  # what the service said, for the reader
+                    tail = log.read_text(errors="replace")[-3000:]
+                    print(f"--- {name}: {log.name}:\n{tail}", file=sys.stderr)
+                raise
             report[name] = {**result, "target_running_median_ms": TARGETS[name]}
             for metric, stats in result.items():
                 rows.append({"topology": name, "latency": metric, **stats})
