@@ -193,20 +193,9 @@ def choose_members(
     joined: list[Joined], raw: np.ndarray, parts: Parts, p: EnsembleParams
 ) -> selection.Choice:
     """Which members serve: all of them, or (`selection`) the subset chosen on labelled rows."""
-    if p.selection == "none":
-        return selection.everyone(len(joined), "selection is none")
     known = parts.known_anomalies
-    if len(known) < selection.MIN_ANOMALIES:
-        reason = (
-            f"{len(known)} labelled anomalies outside the evaluation rows, fewer than the "
-            f"{selection.MIN_ANOMALIES} a choice of members needs"
-        )
-        if p.selection == "labelled":
-            raise JobFailed(
-                "invalid_data",
-                f"selection labelled: {reason}; label more anomalies (anomaly_label / "
-                "normal_label) or use selection none",
-            )
+    reason = selection.problem(p.selection, len(known))
+    if reason is not None:  # `labelled` was refused before the members trained
         return selection.everyone(len(joined), reason)
     normal = np.stack([e.normal for e in joined], axis=1)
     normal = normal[selection.sample(np.arange(len(normal)), p.seed)]
@@ -269,6 +258,13 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
             "invalid_data",
             f"only {len(parts.calibration)} normal rows held out to standardise the members: "
             "raise validation_split or give more rows",
+        )
+    reason = selection.problem(p.selection, len(parts.known_anomalies))
+    if p.selection == "labelled" and reason is not None:  # before any member trains
+        raise JobFailed(
+            "invalid_data",
+            f"selection labelled: {reason}; label more anomalies (anomaly_label / "
+            "normal_label) or use selection none",
         )
     calibration_rows = rows.raw[parts.calibration]
     devices: set[str] = set()

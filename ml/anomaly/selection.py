@@ -4,7 +4,9 @@ A data set with labelled anomalies gives the ensemble more than its held-out nor
 anomalies outside the evaluation rows, which no member fits (the members learn normal rows
 only). Every non-empty subset of the members, combined as the ensemble combines them, is scored
 on the held-out normal rows and those anomalies, and the subset with the highest ROC-AUC
-serves; on a tie the smaller subset (fewer members to run), then the earlier members. The
+serves; on a tie the smaller subset (fewer members to run), then the one whose members come
+first (`members` in their order, then `models`); a subset whose combined score is not finite for
+some row is never chosen. The
 evaluation rows never enter the choice, so the ensemble's `roc_auc` stays an honest estimate.
 """
 
@@ -51,21 +53,38 @@ def choose(normal: np.ndarray, anomalous: np.ndarray, combine: str, names: list[
     fold = np.max if combine == "max" else np.mean
     combined_normal = np.stack([fold(normal[:, list(s)], axis=1) for s in subsets], axis=1)
     combined_anomalous = np.stack([fold(anomalous[:, list(s)], axis=1) for s in subsets], axis=1)
+    # A subset with a non-finite score (a member's overflow) has no AUC: it is never chosen.
     aucs = roc_aucs(combined_normal, combined_anomalous)
-    best = int(np.argmax(aucs))  # the first maximum: subsets run from small to large
+    best = int(np.argmax(np.nan_to_num(aucs, nan=-np.inf)))  # the first maximum: small to large
     chosen = list(subsets[best])
     record = {
         "method": "labelled",
         "normal_rows": len(normal),
         "anomaly_rows": len(anomalous),
-        "roc_auc": float(aucs[best]),
-        "all_members_roc_auc": float(aucs[-1]),
+        "roc_auc": finite(aucs[best]),
+        "all_members_roc_auc": finite(aucs[-1]),
         "candidates": [
-            {"member": names[i], "roc_auc": float(aucs[i]), "chosen": i in chosen}
+            {"member": names[i], "roc_auc": finite(aucs[i]), "chosen": i in chosen}
             for i in range(count)
         ],
     }
     return Choice(chosen, record)
+
+
+def finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def problem(selection: str, known_anomalies: int) -> str | None:
+    """Why the members cannot be chosen (None: they can, or `selection` is `none`)."""
+    if selection == "none":
+        return "selection is none"
+    if known_anomalies < MIN_ANOMALIES:
+        return (
+            f"{known_anomalies} labelled anomalies outside the evaluation rows, fewer than the "
+            f"{MIN_ANOMALIES} a choice of members needs"
+        )
+    return None
 
 
 def everyone(count: int, reason: str) -> Choice:
