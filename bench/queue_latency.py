@@ -214,8 +214,9 @@ def main() -> None:
     names = args.topology or list(TOPOLOGIES)
     rows, report = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
         for name in names:
+            work = Path(tmp) / name.replace("+", "_")  # each topology's files and logs apart
+            work.mkdir()
             try:
                 with TOPOLOGIES[name](work) as (base, database_url):
                     result = measure(base, database_url, jobs)
