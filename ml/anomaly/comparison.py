@@ -26,6 +26,7 @@ from ml.core.reporting import (
     RunContext,
     RunOutcome,
 )
+from ml.core.serving import scores_of
 from ml.core.sizing import SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, preprocessing_field
 from ml.reduction import shared as reduction
@@ -236,7 +237,7 @@ class Trained:
         return model_meta(self.model)
 
     def score(self, raw_rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.servable.run("score", raw_rows)["scores"], np.float64)
+        return scores_of(self.servable, raw_rows)
 
 
 def model_meta(model: ModelOutcome) -> dict[str, Any]:

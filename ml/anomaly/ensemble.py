@@ -19,6 +19,7 @@ from ml.anomaly.comparison import MemberReporter, member_spec, own_field, train_
 from ml.anomaly.scoring import calibrate, evaluate
 from ml.core.registry import get_kind, register_kind
 from ml.core.reporting import CPU, JobFailed, ModelOutcome, Reporter, RunContext, RunOutcome
+from ml.core.serving import scores_of
 from ml.core.sizing import SizeEstimate
 from ml.core.spec import JobSpec, Preprocessing, StrictModel, preprocessing_field
 from ml.reduction import shared as reduction
@@ -179,7 +180,7 @@ class Joined:
     normal: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def scores(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.servable.run("score", rows)["scores"], np.float64)
+        return scores_of(self.servable, rows)
 
     def standardise(self, calibration_rows: np.ndarray, method: str) -> None:
         from ml.anomaly.ensemble_model import Standardiser
@@ -190,13 +191,13 @@ class Joined:
 
 
 def choose_members(
-    joined: list[Joined], raw: np.ndarray, parts: Parts, p: EnsembleParams
+    joined: list[Joined], raw: np.ndarray, parts: Parts, p: EnsembleParams, reason: str | None
 ) -> selection.Choice:
-    """Which members serve: all of them, or (`selection`) the subset chosen on labelled rows."""
-    known = parts.known_anomalies
-    reason = selection.problem(p.selection, len(known))
+    """Which members serve: all of them when there is a `reason` not to choose, else the
+    subset chosen on the labelled rows."""
     if reason is not None:  # `labelled` was refused before the members trained
         return selection.everyone(len(joined), reason)
+    known = parts.known_anomalies
     normal = np.stack([e.normal for e in joined], axis=1)
     normal = normal[selection.sample(np.arange(len(normal)), p.seed)]
     rows = raw[selection.sample(known, p.seed)]
@@ -272,7 +273,7 @@ def run(spec: EnsembleSpec, reporter: Reporter, context: RunContext) -> RunOutco
     joined = join_members(spec, rows.feature_shape, reporter, context, devices)
     for entry in joined:
         entry.standardise(calibration_rows, p.standardise)
-    choice = choose_members(joined, rows.raw, parts, p)
+    choice = choose_members(joined, rows.raw, parts, p, reason)
     members: list[dict[str, Any]] = []
     files: dict[str, Path] = {}
     for entry in (joined[i] for i in choice.chosen):

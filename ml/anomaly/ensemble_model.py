@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ml.core.registry import get_kind
-from ml.core.serving import UnsupportedOperation, calibrated_threshold, score_answer
+from ml.core.serving import UnsupportedOperation, calibrated_threshold, score_answer, scores_of
 
 SCALE_FLOOR = 1e-12  # a member whose held-out scores are all equal divides by this
 MAX_REFERENCE = 2001  # held-out scores kept for `rank` (beyond: their quantiles)
@@ -76,7 +76,7 @@ class Combination:
 
     def score(self, raw_rows: np.ndarray) -> np.ndarray:
         columns = [
-            standard(np.asarray(m["servable"].run("score", raw_rows)["scores"], np.float64))
+            standard(scores_of(m["servable"], raw_rows))
             for m, standard in zip(self.members, self.standards, strict=True)
         ]
         stacked = np.stack(columns, axis=1)

@@ -42,6 +42,11 @@ def calibrated_threshold(meta: dict[str, Any]) -> float:
     return float((meta.get("calibration") or {}).get("threshold", math.inf))
 
 
+def scores_of(servable: Any, rows: np.ndarray) -> np.ndarray:
+    """A servable's `score` of `rows`, as float64."""
+    return np.asarray(servable.run("score", rows)["scores"], np.float64)
+
+
 def score_answer(scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """The `score` operation's answer: the scores, the threshold, and the rows over it."""
     return {"scores": scores, "threshold": threshold, "is_anomaly": scores > threshold}
