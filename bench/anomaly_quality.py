@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,18 @@ import numpy as np
 from scipy.stats import rankdata
 
 from bench.common import table, write_report
-from ml.anomaly.comparison import CLASSICAL, MemberReporter, model_meta, train_member
+from ml.anomaly.comparison import (
+    CLASSICAL,
+    ComparisonSpec,
+    MemberReporter,
+    model_meta,
+    train_member,
+)
 from ml.anomaly.selection import roc_aucs
 from ml.core.datasets import Dataset, load_builtin
 from ml.core.registry import get_kind
 from ml.core.reporting import MemoryReporter, RunContext
+from ml.core.serving import scores_of
 from ml.core.spec import JobSpec
 from ml.reduction import shared as reduction
 from ml.reduction.pca import split
@@ -83,13 +91,11 @@ class Split:
 
     def __init__(self, data: Dataset, params: dict[str, Any]) -> None:
         self.data, self.params = data, params
-        spec = get_kind("detector_comparison").spec.model_validate(
+        self.spec = ComparisonSpec.model_validate(
             {"kind": "detector_comparison", "dataset": f"builtin:{data.name}", "params": params}
         )
-        self.spec = spec
-        with tempfile.TemporaryDirectory() as tmp:
-            rows = reduction.load_rows(self.context(Path(tmp)), "bench")
-        parts = split(rows, spec.params)
+        rows = reduction.load_rows(RunContext(Path("."), Path("."), data), "bench")
+        parts = split(rows, self.spec.params)
         assert parts.truth is not None
         self.rows, self.truth = rows.raw[parts.evaluation], parts.truth
         self.scores: dict[str, np.ndarray] = {}
@@ -131,7 +137,7 @@ class Split:
         }
         self.train(kind_name, get_kind(kind_name).spec.model_validate(body))
 
-    def ensemble(self, members: list[str], how: str) -> None:
+    def ensemble(self, members: Sequence[str], how: str) -> None:
         """An `ensemble` job of `members` (`how`: standardise-combine[-selection], the
         selection `none` unless named), served on the held-out rows."""
         kind = get_kind("ensemble")
@@ -151,7 +157,7 @@ class Split:
             outcome = kind.run(spec, MemoryReporter(), self.context(Path(tmp)))
             assert outcome.model is not None and kind.load is not None
             served = kind.load(outcome.model.files, model_meta(outcome.model))
-            self.scores[name] = np.asarray(served.run("score", self.rows)["scores"], np.float64)
+            self.scores[name] = scores_of(served, self.rows)
         self.selection[name] = outcome.result["selection"]
 
     def aucs(self) -> dict[str, float]:
@@ -160,7 +166,7 @@ class Split:
         values = roc_aucs(columns[~self.truth], columns[self.truth])
         return {n: float(v) for n, v in zip(names, values, strict=True)}
 
-    def gap(self, name: str, repeats: int = BOOTSTRAP) -> dict[str, float]:
+    def gap(self, name: str, repeats: int = BOOTSTRAP) -> dict[str, Any]:
         """How far `name` is below the split's best single detector, with the standard error
         of that difference: a paired bootstrap of the held-out rows (each class resampled)."""
         aucs = self.aucs()
@@ -169,18 +175,13 @@ class Split:
         pair = np.stack([self.scores[best], self.scores[name]], axis=1)
         normal, anomalous = pair[~self.truth], pair[self.truth]
         rng = np.random.default_rng(0)
-        draws = np.array(
-            [
-                -np.diff(
-                    roc_aucs(
-                        normal[rng.integers(0, len(normal), len(normal))],
-                        anomalous[rng.integers(0, len(anomalous), len(anomalous))],
-                    )
-                )[0]
-                for _ in range(repeats)
-            ]
-        )
-        return {"best": best, "gap": aucs[best] - aucs[name], "se": float(draws.std(ddof=1))}
+        draws = []
+        for _ in range(repeats):
+            n = normal[rng.integers(0, len(normal), len(normal))]
+            a = anomalous[rng.integers(0, len(anomalous), len(anomalous))]
+            best_auc, their_auc = roc_aucs(n, a)
+            draws.append(best_auc - their_auc)
+        return {"best": best, "gap": aucs[best] - aucs[name], "se": float(np.std(draws, ddof=1))}
 
 
 def reseed_weights(offset: int) -> None:
@@ -309,14 +310,14 @@ def main() -> None:
                 verdict = "meets" if mean >= forest else "MISSES"
                 print(f"{deep} mean {mean:.4f} {verdict} isolation_forest's {forest:.4f}")
     singles = [r for r in rows if not r["detector"].startswith("ensemble")]
-    best = max(singles, key=lambda r: r["mean_roc_auc"])
+    leader = max(singles, key=lambda r: r["mean_roc_auc"])
     for r in rows:
         if r["detector"].startswith("ensemble"):
-            verdict = "meets" if r["mean_roc_auc"] >= best["mean_roc_auc"] else "MISSES"
+            verdict = "meets" if r["mean_roc_auc"] >= leader["mean_roc_auc"] else "MISSES"
             print(
                 f"{r['detector']} mean {r['mean_roc_auc']:.4f} {verdict} the best single "
-                f"({best['detector']}, {best['mean_roc_auc']:.4f}); more than {CLOSE} below the "
-                f"best single on {r['behind_best']} of {len(runs)} splits, by more than "
+                f"({leader['detector']}, {leader['mean_roc_auc']:.4f}); more than {CLOSE} below "
+                f"the best single on {r['behind_best']} of {len(runs)} splits, by more than "
                 f"{BEYOND} standard errors beyond {CLOSE} on {r['beyond_noise']}"
             )
     for run in runs:
