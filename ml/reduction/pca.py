@@ -133,6 +133,10 @@ PcaSpec.example = {
 SERVES = frozenset({"encode", "reconstruct", "score"})
 # Per-feature residual variance floor for the standardised score (as the autoencoder's).
 VARIANCE_FLOOR = 1e-6
+# ... and at least this share of its mean over features: a feature (nearly) constant on the
+# fitted rows, a pixel almost always blank, would otherwise make a new normal row that uses it
+# score in the thousands (docs/reduction.md gives the measurement).
+RELATIVE_FLOOR = 0.03
 # Components recorded in the metric history (the spectrum of very wide data is cut here).
 MAX_SERIES = 1000
 
@@ -156,8 +160,7 @@ def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     model = PcaModel(kept.mean, kept.components, kept.explained_variance, p.whiten)
     x_cal = scaled(parts.calibration)
     held_out = x_cal if len(x_cal) else x_fit
-    variance = np.concatenate([model.residual(x_fit), model.residual(x_cal)]).var(axis=0)
-    model.residual_variance = np.maximum(variance, VARIANCE_FLOOR).astype(dtype)
+    model.residual_variance = residual_variance(model, x_fit, x_cal).astype(dtype)
     normal_scores = model.score(held_out)
     calibration = calibrate(p, normal_scores, "standardized_reconstruction_error")
     cut = calibration["threshold"]
@@ -200,6 +203,13 @@ def run(spec: PcaSpec, reporter: Reporter, context: RunContext) -> RunOutcome:
     }
     reporter.progress(1.0, n_components=k)
     return RunOutcome(result=result, device=_device(), model=outcome)
+
+
+def residual_variance(model: PcaModel, x_fit: np.ndarray, x_cal: np.ndarray) -> np.ndarray:
+    """Per-feature variance of the residual on the fitted and calibration rows, floored at
+    RELATIVE_FLOOR of its mean over features (and at VARIANCE_FLOOR)."""
+    variance = np.concatenate([model.residual(x_fit), model.residual(x_cal)]).var(axis=0)
+    return np.maximum(variance, max(RELATIVE_FLOOR * float(variance.mean()), VARIANCE_FLOOR))
 
 
 def fit_components(

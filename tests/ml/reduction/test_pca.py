@@ -17,7 +17,7 @@ from ml.core.datasets import Dataset, load_builtin
 from ml.core.preprocessing import Scaler
 from ml.core.reporting import JobFailed
 from ml.core.serving import UnsupportedOperation
-from ml.reduction.pca import PcaSpec
+from ml.reduction.pca import RELATIVE_FLOOR, PcaSpec
 from ml.reduction.pca_model import PcaModel, decompose
 from tests.conftest import submit
 from tests.ml.anomaly.test_autoencoder import serve, train
@@ -147,6 +147,29 @@ def test_scores_breast_cancer_anomalies_with_a_calibrated_threshold(tmp_path: Pa
     benign = data.x[data.y == 0]
     flagged = servable.run("score", benign)["is_anomaly"].mean()
     assert 0.02 < flagged < 0.25
+
+
+def test_a_feature_constant_on_the_fitted_rows_cannot_dominate_the_score(tmp_path: Path) -> None:
+    # a pixel blank in every training row: its residual variance is 0, and with an absolute
+    # floor alone a new row that uses it would score ~1e5; the floor relative to the other
+    # features' keeps its weight that of a typical feature's, times 1 / RELATIVE_FLOOR at most
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    x[:, -1] = 0.0
+    data = Dataset(x=x, name="blank")
+    outcome, _ = train("pca", {"params": {"n_components": 3, **ALL_ROWS}}, tmp_path, data)
+    model = fitted(outcome)
+    scaler = Scaler.from_dict(outcome.model.preprocessing)
+    variance = model.residual(scaler.transform(x)).var(axis=0)
+    assert variance[-1] == 0.0
+    floored = np.maximum(variance, RELATIVE_FLOOR * variance.mean())
+    np.testing.assert_allclose(model.residual_variance, floored, rtol=1e-12)
+    new = rng.normal(size=(5, 8))
+    new[:, -1] = 1.0
+    scores = serve("pca", outcome).run("score", new)["scores"]
+    residual = model.residual(scaler.transform(new))
+    np.testing.assert_allclose(scores, np.mean(residual**2 / floored, axis=1), rtol=1e-10)
+    assert scores.max() < 100
 
 
 def test_bad_components_are_refused(tmp_path: Path) -> None:
