@@ -5,13 +5,17 @@ Each split is one `detector_comparison` job (run in-process): the classical dete
 each trained as its own kind on the same normal rows, calibrated on the same held-out normal
 rows and scored on the same labelled rows (ROC-AUC).
 
-Splits: `breast_cancer` (malignant is the anomaly) with seeds 0-4; `digits` with each digit in
-turn as the normal class (the other nine are anomalies); `wine` with each cultivar in turn as
-the anomaly. Reported per detector: the mean ROC-AUC over all splits and per data set, the
-mean rank (1 = best on a split, ties averaged), the worst split, and the splits on which it is
-more than 0.01 below the best detector.
+Splits: `breast_cancer` (malignant is the anomaly); `digits` with each digit in turn as the
+normal class (the other nine are anomalies); `wine` with each cultivar in turn as the anomaly.
+Each split is measured `--seeds` times (default 5, the seeds 0-4): the seed draws its
+training, held-out and evaluation rows and the detectors' own randomness, and a split's
+ROC-AUC is the mean over its seeds. Reported per detector: the mean ROC-AUC over all splits and
+per data set, the mean rank (1 = best on a split, ties averaged), the worst split, the splits on
+which it is more than 0.01 below the best single detector, and for an ensemble, how many of
+those are beyond noise (a paired bootstrap of the evaluation rows of each seed) and how many
+single seeds' runs are more than 0.01 below that run's best single detector.
 
-    python bench/anomaly_quality.py [--quick] [--epochs 30] [--detectors a b ...]
+    python bench/anomaly_quality.py [--quick] [--seeds 5] [--epochs 30] [--detectors a b ...]
         [--ensemble a b ...] [--combinations zscore-mean rank-max ...]
         [--autoencoder-params JSON] [--vae-params JSON] [--training JSON]
         [--weights-seed-offset N]
@@ -23,11 +27,10 @@ added to the comparison's epochs, seed and validation split, on the same splits.
 `--weights-seed-offset N` draws the deep detectors' initial weights from the split's seed + N
 (the kinds' `training.seed` sets the split, the batches' order and the initial weights alike).
 
-Also measured: `ensemble` jobs of `--ensemble` members (default: the classical detectors and
-`pca`), for each `--combinations` entry (default: the z-scores averaged, over all members and
-over the members chosen on the split's labelled rows outside its evaluation rows), on the same
-splits. `--quick` (for `bench/run_all.py --quick`): the classical detectors, `pca` and their
-ensembles on one split of each data set, in well under a minute.
+Also measured: `ensemble` jobs of `--ensemble` members (default: the detectors measured), for
+each `--combinations` entry (default: the z-scores averaged, over all members and over the
+members chosen on the split's labelled rows outside its evaluation rows), on the same splits. `--quick` (for `bench/run_all.py --quick`): the classical detectors, `pca` and their
+ensembles on one split of each data set with one seed, in well under a minute.
 """
 
 from __future__ import annotations
@@ -75,11 +78,10 @@ BEYOND = 1.645  # a gap beyond CLOSE by this many standard errors: one-sided 5%
 
 def splits(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     """(data set, split name, params) of every split."""
-    seeds = [0] if quick else list(range(5))
     digits = [0] if quick else list(range(10))
     cultivars = [0] if quick else [0, 1, 2]
     return [
-        *[("breast_cancer", f"seed {s}", {"anomaly_label": 1, "seed": s}) for s in seeds],
+        ("breast_cancer", "malignant", {"anomaly_label": 1}),
         *[("digits", f"normal {d}", {"normal_label": d}) for d in digits],
         *[("wine", f"anomaly {c}", {"anomaly_label": c}) for c in cultivars],
     ]
@@ -166,22 +168,49 @@ class Split:
         values = roc_aucs(columns[~self.truth], columns[self.truth])
         return {n: float(v) for n, v in zip(names, values, strict=True)}
 
-    def gap(self, name: str, repeats: int = BOOTSTRAP) -> dict[str, Any]:
-        """How far `name` is below the split's best single detector, with the standard error
-        of that difference: a paired bootstrap of the held-out rows (each class resampled)."""
-        aucs = self.aucs()
-        singles = [n for n in aucs if not n.startswith("ensemble")]
-        best = max(singles, key=aucs.__getitem__)
-        pair = np.stack([self.scores[best], self.scores[name]], axis=1)
-        normal, anomalous = pair[~self.truth], pair[self.truth]
+    def bootstrap(self, repeats: int = BOOTSTRAP) -> np.ndarray:
+        """Every detector's ROC-AUC (columns in `aucs()` order) on `repeats` resamples of the
+        held-out rows, each class resampled: paired draws, for the standard error of a gap."""
+        columns = np.stack(list(self.scores.values()), axis=1)
+        normal, anomalous = columns[~self.truth], columns[self.truth]
         rng = np.random.default_rng(0)
         draws = []
         for _ in range(repeats):
             n = normal[rng.integers(0, len(normal), len(normal))]
             a = anomalous[rng.integers(0, len(anomalous), len(anomalous))]
-            best_auc, their_auc = roc_aucs(n, a)
-            draws.append(best_auc - their_auc)
-        return {"best": best, "gap": aucs[best] - aucs[name], "se": float(np.std(draws, ddof=1))}
+            draws.append(roc_aucs(n, a))
+        return np.asarray(draws)
+
+
+def gaps(aucs: dict[str, float], draws: np.ndarray) -> dict[str, dict[str, Any]]:
+    """How far each ensemble is below the best single detector, with the standard error of that
+    difference from the paired bootstrap `draws` (a column per detector, in `aucs` order)."""
+    names = list(aucs)
+    singles = [n for n in names if not n.startswith("ensemble")]
+    best = max(singles, key=aucs.__getitem__)
+    out = {}
+    for name in (n for n in names if n.startswith("ensemble")):
+        differences = draws[:, names.index(best)] - draws[:, names.index(name)]
+        gap, se = aucs[best] - aucs[name], float(np.std(differences, ddof=1))
+        out[name] = {"best": best, "gap": gap, "se": se}
+    return out
+
+
+def pool(runs: list[dict[str, Any]], draws: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Each split's record over its seeds: the mean ROC-AUC of each detector, and the gaps of
+    the means with the bootstrap draws averaged over the seeds (independent resamples)."""
+    pooled: dict[tuple[str, str], list[int]] = {}
+    for i, run in enumerate(runs):
+        pooled.setdefault((run["data"], run["split"]), []).append(i)
+    records = []
+    for (data, part), members in pooled.items():
+        names = list(runs[members[0]]["roc_auc"])
+        aucs = {n: statistics.mean(runs[i]["roc_auc"][n] for i in members) for n in names}
+        mean_draws = np.mean([draws[i] for i in members], axis=0)
+        seeds = [runs[i]["seed"] for i in members]
+        record = {"data": data, "split": part, "seeds": seeds, "roc_auc": aucs}
+        records.append({**record, "gaps": gaps(aucs, mean_draws)})
+    return records
 
 
 def reseed_weights(offset: int) -> None:
@@ -204,9 +233,12 @@ def best_single(run: dict[str, Any]) -> float:
     return max(v for k, v in run["roc_auc"].items() if not k.startswith("ensemble"))
 
 
-def summarise(runs: list[dict[str, Any]], detectors: list[str]) -> list[dict[str, Any]]:
-    """Per detector: mean ROC-AUC (all splits, per data set), mean rank, worst split, and the
-    splits more than CLOSE below that split's best single detector (not an ensemble)."""
+def summarise(
+    runs: list[dict[str, Any]], seeds: list[dict[str, Any]], detectors: list[str]
+) -> list[dict[str, Any]]:
+    """Per detector: mean ROC-AUC (all splits `runs`, per data set), mean rank, worst split, and
+    the splits more than CLOSE below that split's best single detector (not an ensemble); for
+    an ensemble, also the single seeds' runs (`seeds`) more than CLOSE below theirs."""
     ranks = [
         dict(zip(detectors, rankdata([-r["roc_auc"][d] for d in detectors]), strict=True))
         for r in runs
@@ -227,6 +259,7 @@ def summarise(runs: list[dict[str, Any]], detectors: list[str]) -> list[dict[str
                 (r["gaps"][d]["gap"] - CLOSE) / max(r["gaps"][d]["se"], 1e-12) > BEYOND
                 for r in behind
             )
+            row["seeds_behind"] = sum(best_single(r) - r["roc_auc"][d] > CLOSE for r in seeds)
         for name in dict.fromkeys(r["data"] for r in runs):
             row[name] = statistics.mean(r["roc_auc"][d] for r in runs if r["data"] == name)
         rows.append(row)
@@ -236,13 +269,16 @@ def summarise(runs: list[dict[str, Any]], detectors: list[str]) -> list[dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds 0..N-1 of each split (default 5; quick 1)"
+    )
     parser.add_argument("--epochs", type=int, default=30, help="autoencoder and vae")
     parser.add_argument("--detectors", nargs="*", default=None)
     parser.add_argument(
         "--ensemble",
         nargs="*",
         default=None,
-        help="members of the ensembles measured (default: the classical detectors and pca)",
+        help="members of the ensembles measured (default: the detectors measured)",
     )
     parser.add_argument(
         "--combinations",
@@ -267,39 +303,40 @@ def main() -> None:
     variants = any(v is not None for v in (*own.values(), args.training))
     apart = [d for d in detectors if d in own and variants]
     together = [d for d in detectors if d not in apart]
-    members = QUICK if args.ensemble is None else args.ensemble
+    members = detectors if args.ensemble is None else args.ensemble
     if args.weights_seed_offset:
         reseed_weights(args.weights_seed_offset)
     datasets = {name: load_builtin(name) for name in ("breast_cancer", "digits", "wine")}
     runs: list[dict[str, Any]] = []
+    draws: list[np.ndarray] = []
+    seeds = args.seeds or (1 if args.quick else 5)
     started = time.perf_counter()
     for name, part, params in splits(args.quick):
-        params = {**params, "detectors": together, "epochs": args.epochs}
-        held = Split(datasets[name], params)
-        held.compare(together)
-        for d in apart:
-            held.deep_kind(d, own[d] or {}, args.training or {})
-        if len(members) >= 2:
-            for how in args.combinations:
-                held.ensemble(members, how)
-        aucs = held.aucs()
-        gaps = {n: held.gap(n) for n in aucs if n.startswith("ensemble")}
-        runs.append(
-            {
-                "data": name,
-                "split": part,
-                "roc_auc": aucs,
-                "gaps": gaps,
-                "selection": held.selection,
-            }
-        )
-        best = max(aucs, key=aucs.__getitem__)
-        each = " ".join(f"{d} {v:.4f}" for d, v in aucs.items())
-        print(f"{name:13s} {part:10s} best {best} {aucs[best]:.4f}; {each}", flush=True)
-    rows = summarise(runs, list(runs[0]["roc_auc"]))
+        for seed in range(seeds):
+            run_params = {**params, "seed": seed, "detectors": together, "epochs": args.epochs}
+            held = Split(datasets[name], run_params)
+            held.compare(together)
+            for d in apart:
+                held.deep_kind(d, own[d] or {}, args.training or {})
+            if len(members) >= 2:
+                for how in args.combinations:
+                    held.ensemble(members, how)
+            aucs = held.aucs()
+            draws.append(held.bootstrap())
+            run = {"data": name, "split": part, "seed": seed, "roc_auc": aucs}
+            runs.append({**run, "gaps": gaps(aucs, draws[-1]), "selection": held.selection})
+            best = max(aucs, key=aucs.__getitem__)
+            each = " ".join(f"{d} {v:.4f}" for d, v in aucs.items())
+            print(
+                f"{name:13s} {part:10s} seed {seed} best {best} {aucs[best]:.4f}; {each}",
+                flush=True,
+            )
+    pooled = pool(runs, draws)
+    rows = summarise(pooled, runs, list(runs[0]["roc_auc"]))
     columns = ["detector", "mean_roc_auc", "mean_rank", "worst", "behind_best", "beyond_noise"]
-    columns += list(datasets)
+    columns += ["seeds_behind", *datasets]
     shown = [{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+    print(f"{len(pooled)} splits, each the mean of {seeds} seeds:")
     print(table(shown, columns))
     by_name = {r["detector"]: r for r in rows}
     if "isolation_forest" in by_name:
@@ -317,16 +354,21 @@ def main() -> None:
             print(
                 f"{r['detector']} mean {r['mean_roc_auc']:.4f} {verdict} the best single "
                 f"({leader['detector']}, {leader['mean_roc_auc']:.4f}); more than {CLOSE} below "
-                f"the best single on {r['behind_best']} of {len(runs)} splits, by more than "
-                f"{BEYOND} standard errors beyond {CLOSE} on {r['beyond_noise']}"
+                f"the best single on {r['behind_best']} of {len(pooled)} splits, by more than "
+                f"{BEYOND} standard errors beyond {CLOSE} on {r['beyond_noise']}; on "
+                f"{r['seeds_behind']} of {len(runs)} single seeds' runs"
             )
-    for run in runs:
-        for name, gap in run["gaps"].items():
-            if gap["gap"] > CLOSE:
-                print(
-                    f"  {name} on {run['data']} {run['split']}: {gap['gap']:.4f} below "
-                    f"{gap['best']} (paired bootstrap standard error {gap['se']:.4f})"
-                )
+    for level, records in (("split", pooled), ("run", runs)):
+        for record in records:
+            where = f"{record['data']} {record['split']}"
+            if level == "run":
+                where += f" seed {record['seed']}"
+            for name, gap in record["gaps"].items():
+                if gap["gap"] > CLOSE:
+                    print(
+                        f"  {level}: {name} on {where}: {gap['gap']:.4f} below {gap['best']} "
+                        f"(paired bootstrap standard error {gap['se']:.4f})"
+                    )
     report = {
         "quick": args.quick,
         "epochs": args.epochs,
@@ -335,8 +377,10 @@ def main() -> None:
         "vae_params": args.vae_params,
         "training": args.training,
         "weights_seed_offset": args.weights_seed_offset,
+        "seeds": seeds,
         "seconds": time.perf_counter() - started,
-        "splits": runs,
+        "splits": pooled,
+        "runs": runs,
         "summary": rows,
     }
     print(f"wrote {write_report(args.report, report)}")
