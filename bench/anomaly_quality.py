@@ -29,8 +29,9 @@ added to the comparison's epochs, seed and validation split, on the same splits.
 
 Also measured: `ensemble` jobs of `--ensemble` members (default: the detectors measured), for
 each `--combinations` entry (default: the z-scores averaged, over all members and over the
-members chosen on the split's labelled rows outside its evaluation rows), on the same splits. `--quick` (for `bench/run_all.py --quick`): the classical detectors, `pca` and their
-ensembles on one split of each data set with one seed, in well under a minute.
+members chosen on the split's labelled rows outside its evaluation rows), on the same splits.
+`--quick` (for `bench/run_all.py --quick`): the classical detectors, `pca` and their ensembles
+on one split of each data set with one seed, in well under a minute.
 """
 
 from __future__ import annotations
