@@ -54,13 +54,28 @@ class Client:
 
     def __init__(self, url: str) -> None:
         host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)))
+        self.address = (host, int(port))
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(self.address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.answers = self.sock.makefile("rb")
 
     def post(self, path: str, body: bytes, content_type: str = "application/json") -> bytes:
-        self.sock.sendall(post_bytes(path, body, content_type))
-        status = _status(self.answers.readline())
+        request = post_bytes(path, body, content_type)
+        try:
+            self.sock.sendall(request)
+            status = _status(self.answers.readline())
+        except ConnectionError:
+            # The server closes a connection idle past its keep-alive timeout (uvicorn: 5 s),
+            # e.g. while a benchmark loads its next model on a loaded machine; nothing of the
+            # answer was read, so the request is sent again once on a new connection.
+            self.answers.close()
+            self.sock.close()
+            self._connect()
+            self.sock.sendall(request)
+            status = _status(self.answers.readline())
         headers = []
         while (line := self.answers.readline()) not in (b"\r\n", b""):
             headers.append(line)
