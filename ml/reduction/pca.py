@@ -135,7 +135,7 @@ SERVES = frozenset({"encode", "reconstruct", "score"})
 VARIANCE_FLOOR = 1e-6
 # ... and at least this share of its mean over features: a feature (nearly) constant on the
 # fitted rows, a pixel almost always blank, would otherwise make a new normal row that uses it
-# score in the thousands (docs/reduction.md gives the measurement).
+# score in the thousands (docs/anomaly.md, "pca's variance floor", gives the measurement).
 RELATIVE_FLOOR = 0.03
 # Components recorded in the metric history (the spectrum of very wide data is cut here).
 MAX_SERIES = 1000
