@@ -235,19 +235,19 @@ def best_single(run: dict[str, Any]) -> float:
 
 
 def summarise(
-    runs: list[dict[str, Any]], seeds: list[dict[str, Any]], detectors: list[str]
+    pooled: list[dict[str, Any]], runs: list[dict[str, Any]], detectors: list[str]
 ) -> list[dict[str, Any]]:
-    """Per detector: mean ROC-AUC (all splits `runs`, per data set), mean rank, worst split, and
-    the splits more than CLOSE below that split's best single detector (not an ensemble); for
-    an ensemble, also the single seeds' runs (`seeds`) more than CLOSE below theirs."""
+    """Per detector: mean ROC-AUC (all `pooled` splits, per data set), mean rank, worst split,
+    and the splits more than CLOSE below that split's best single detector (not an ensemble);
+    for an ensemble, also the single seeds' `runs` more than CLOSE below theirs."""
     ranks = [
         dict(zip(detectors, rankdata([-r["roc_auc"][d] for d in detectors]), strict=True))
-        for r in runs
+        for r in pooled
     ]
     rows = []
     for d in detectors:
-        aucs = [r["roc_auc"][d] for r in runs]
-        behind = [r for r in runs if best_single(r) - r["roc_auc"][d] > CLOSE]
+        aucs = [r["roc_auc"][d] for r in pooled]
+        behind = [r for r in pooled if best_single(r) - r["roc_auc"][d] > CLOSE]
         row = {
             "detector": d,
             "mean_roc_auc": statistics.mean(aucs),
@@ -260,9 +260,9 @@ def summarise(
                 (r["gaps"][d]["gap"] - CLOSE) / max(r["gaps"][d]["se"], 1e-12) > BEYOND
                 for r in behind
             )
-            row["seeds_behind"] = sum(best_single(r) - r["roc_auc"][d] > CLOSE for r in seeds)
-        for name in dict.fromkeys(r["data"] for r in runs):
-            row[name] = statistics.mean(r["roc_auc"][d] for r in runs if r["data"] == name)
+            row["seeds_behind"] = sum(best_single(r) - r["roc_auc"][d] > CLOSE for r in runs)
+        for name in dict.fromkeys(r["data"] for r in pooled):
+            row[name] = statistics.mean(r["roc_auc"][d] for r in pooled if r["data"] == name)
         rows.append(row)
     return sorted(rows, key=lambda row: (row["mean_rank"], -row["mean_roc_auc"]))
 
